@@ -1,0 +1,1 @@
+"""Apache Beam jobs that build C4-style corpora from Common Crawl WET files."""

@@ -1,0 +1,201 @@
+"""Running a corpus job: pipeline options, atomic output, and stats.json.
+
+All shards are written into a hidden temporary directory inside the output
+directory and moved into place only after the pipeline succeeded, so a failed
+or interrupted job leaves no partial corpus behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from t5forge.beam_jobs.c4 import stats_json
+
+STATS_FILE = "stats.json"
+_TMP_PREFIX = ".t5forge-tmp-"
+
+
+class OutputExistsError(FileExistsError):
+    pass
+
+
+def pipeline_options(beam_args: Iterable[str], workers: int | None):
+    """Beam options: the local multi-process runner unless the flags name another."""
+    from apache_beam.options.pipeline_options import (
+        DirectOptions,
+        PipelineOptions,
+        StandardOptions,
+    )
+
+    options = PipelineOptions(list(beam_args))
+    standard = options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner"):
+        standard.runner = "DirectRunner"
+        direct = options.view_as(DirectOptions)
+        direct.direct_running_mode = "multi_processing"
+        direct.direct_num_workers = workers or os.cpu_count() or 1
+    return options
+
+
+def prepare_output(output_dir: str, overwrite: bool, own_files: Callable[[str], bool]) -> str:
+    """Checks the output directory and makes a fresh temporary directory in it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.exists(output_dir):
+        existing = [
+            m.path
+            for m in FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list
+            if not os.path.basename(m.path).startswith(".")
+        ]
+        if existing and not overwrite:
+            raise OutputExistsError(
+                f"--output {output_dir} already holds files; pass --overwrite to replace them"
+            )
+    else:
+        FileSystems.mkdirs(output_dir)
+    tmp = FileSystems.join(output_dir, _TMP_PREFIX + uuid.uuid4().hex[:12])
+    FileSystems.mkdirs(tmp)
+    return tmp
+
+
+def _list(directory: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    return [m.path for m in FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list]
+
+
+def finalize_output(tmp_dir: str, output_dir: str, own_files: Callable[[str], bool]) -> list[str]:
+    """Replaces the job's old files in `output_dir` with the new ones from `tmp_dir`."""
+    from apache_beam.io.filesystems import FileSystems
+
+    old = [p for p in _list(output_dir) if own_files(os.path.basename(p))]
+    if old:
+        FileSystems.delete(old)
+    new = sorted(p for p in _list(tmp_dir) if not os.path.basename(p).startswith("."))
+    finals = [FileSystems.join(output_dir, os.path.basename(p)) for p in new]
+    if new:
+        FileSystems.rename(new, finals)
+    FileSystems.delete([tmp_dir])
+    return finals
+
+
+def discard_output(tmp_dir: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.delete([tmp_dir])
+    except Exception:  # noqa: BLE001 - best effort cleanup after a failure
+        logging.warning("could not remove temporary directory %s", tmp_dir)
+
+
+def collect_counters(result) -> dict[str, dict[str, int]]:
+    """All Beam counters of a finished pipeline as {namespace: {name: value}}."""
+    counters: dict[str, dict[str, int]] = {}
+    for c in result.metrics().query()["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        ns = counters.setdefault(c.key.metric.namespace, {})
+        ns[c.key.metric.name] = ns.get(c.key.metric.name, 0) + int(value or 0)
+    return {ns: dict(sorted(v.items())) for ns, v in sorted(counters.items())}
+
+
+def split_summary(counters: dict[str, dict[str, int]], splits: Iterable[str]) -> dict[str, Any]:
+    """Pages, bytes and the length histogram of each split, from the write counters."""
+    write = counters.get("write", {})
+    summary = {}
+    for split in splits:
+        prefix = f"{split}:length_bucket:"
+        histogram = {
+            int(name[len(prefix) :]): n for name, n in write.items() if name.startswith(prefix)
+        }
+        summary[split] = {
+            "pages": write.get(f"{split}:pages", 0),
+            "bytes": write.get(f"{split}:bytes", 0),
+            "length_histogram": {
+                "bucket_edges_chars": [round(2 ** (k / 4)) for k in sorted(histogram)],
+                "bucket_index": sorted(histogram),
+                "counts": [histogram[k] for k in sorted(histogram)],
+                "note": "bucket k counts documents of [2**(k/4), 2**((k+1)/4)) characters",
+            },
+        }
+    return summary
+
+
+def run_job(
+    *,
+    build: Callable[[Any, str], Any],
+    output_dir: str,
+    overwrite: bool,
+    own_files: Callable[[str], bool],
+    beam_args: Iterable[str],
+    workers: int | None,
+    describe: dict[str, Any],
+    splits: Iterable[str],
+    funnel: Callable[[dict], list],
+    input_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Runs a corpus pipeline end to end and writes stats.json; returns the stats.
+
+    Args:
+      build: adds the job to (pipeline, temporary output dir).
+      own_files: recognises file names this job writes (old ones are replaced).
+      describe: job settings recorded in stats.json.
+    """
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+
+    options = pipeline_options(beam_args, workers)
+    tmp_dir = prepare_output(output_dir, overwrite, own_files)
+    started = time.time()
+    try:
+        pipeline = beam.Pipeline(options=options)
+        build(pipeline, tmp_dir)
+        result = pipeline.run()
+        result.wait_until_finish()
+        counters = collect_counters(result)
+    except BaseException:
+        discard_output(tmp_dir)
+        raise
+    seconds = time.time() - started
+    stats = dict(describe)
+    stats.update(
+        {
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 2),
+            "runner": options.get_all_options().get("runner"),
+            "workers": options.get_all_options().get("direct_num_workers"),
+            "python": platform.python_version(),
+            "input_bytes": input_bytes,
+            "counters": counters,
+            "funnel": funnel(counters),
+            "splits": split_summary(counters, splits),
+        }
+    )
+    if input_bytes:
+        stats["input_mb_per_second"] = round(input_bytes / 1e6 / max(seconds, 1e-9), 3)
+    with FileSystems.create(FileSystems.join(tmp_dir, STATS_FILE)) as f:
+        f.write(stats_json(stats).encode("utf-8"))
+    files = finalize_output(tmp_dir, output_dir, own_files)
+    stats["files"] = [os.path.basename(f) for f in files]
+    return stats
+
+
+def load_stats(directory: str) -> dict[str, Any]:
+    """Reads a corpus directory's stats.json (errors name the directory)."""
+    path = os.path.join(directory, STATS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{directory}: no {STATS_FILE} (not a t5forge corpus directory)"
+        ) from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e

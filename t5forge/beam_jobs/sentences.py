@@ -1,0 +1,117 @@
+"""Sentence counters for C4's "at least 3 sentences" rule.
+
+TFDS counts sentences with NLTK's Punkt tokenizer and its English parameters,
+which it loads from a pickle that NLTK has withdrawn. We never unpickle: the
+`punkt` counter uses NLTK's pickle-free `punkt_tab` English parameters when that
+data is installed, and Punkt's untrained default parameters (with a warning)
+when it is not.
+
+A counter is any callable ``str -> int``. Counters defined here also declare two
+properties that `clean_page` uses to skip calls whose answer is already known
+(see `SentenceCounter`); a plain callable gets no shortcuts and is called for
+every kept line, exactly as TFDS does.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import warnings
+from collections.abc import Callable
+
+SENTENCE_SPLITTERS = ("punkt", "regex")
+
+# Punkt proposes a break only right after one of these characters, and only
+# when something follows it (a look-ahead in its period-context regex).
+_PUNKT_END_CHARS = ".?!"
+
+
+class SentenceCounter:
+    """A sentence counter with facts that make some calls unnecessary.
+
+    Attributes:
+      name: the `--sentence-splitter` name.
+      at_least_one: a non-empty, stripped text always counts as >= 1 sentence.
+      break_chars: a text with none of these characters before its last
+        character counts as exactly 1 sentence.
+    """
+
+    def __init__(self, name: str, count: Callable[[str], int], break_chars: str):
+        self.name = name
+        self._count = count
+        self.at_least_one = True
+        self.break_chars = break_chars
+
+    def __call__(self, text: str) -> int:
+        return self._count(text)
+
+    def is_single_sentence(self, line: str) -> bool:
+        """True when `line` (stripped, non-empty) provably has one sentence."""
+        body = line[:-1]
+        return not any(c in body for c in self.break_chars)
+
+    def __reduce__(self):
+        # Beam pickles DoFns holding a counter; rebuild it by name on the worker
+        # instead of shipping a tokenizer object.
+        return (get_sentence_counter, (self.name,))
+
+    def __repr__(self) -> str:
+        return f"SentenceCounter({self.name!r})"
+
+
+_punkt_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _punkt_tokenizer():
+    from nltk.tokenize import punkt
+
+    with _punkt_lock:
+        try:
+            return punkt.PunktTokenizer("english")
+        except LookupError:
+            warnings.warn(
+                "NLTK's punkt_tab English parameters are not installed; counting "
+                "sentences with Punkt's default (untrained) parameters, which "
+                "differ from C4's on abbreviations. Install them with "
+                "`python -m nltk.downloader punkt_tab` for C4-exact counts.",
+                stacklevel=2,
+            )
+            return punkt.PunktSentenceTokenizer()
+
+
+def punkt_count(text: str) -> int:
+    """Number of sentences NLTK Punkt finds in `text`."""
+    return len(_punkt_tokenizer().tokenize(text))
+
+
+def punkt_has_english_parameters() -> bool:
+    """Whether `punkt` runs with NLTK's trained English parameters."""
+    from nltk.tokenize import punkt
+
+    return type(_punkt_tokenizer()) is not punkt.PunktSentenceTokenizer
+
+
+# A break: end punctuation, optional closing quotes/brackets, then whitespace
+# and another token. Unlike Punkt there is no abbreviation list.
+_REGEX_BREAK = re.compile(r"[.!?]+[\"')\]]*\s+(?=\S)")
+
+
+def regex_count(text: str) -> int:
+    """Sentence count by end punctuation: a fast, dependency-free heuristic."""
+    text = text.strip()
+    if not text:
+        return 0
+    return 1 + len(_REGEX_BREAK.findall(text))
+
+
+def get_sentence_counter(name: str) -> SentenceCounter:
+    """Returns the named sentence counter (one of `SENTENCE_SPLITTERS`)."""
+    if name == "punkt":
+        return SentenceCounter("punkt", punkt_count, _PUNKT_END_CHARS)
+    if name == "regex":
+        return SentenceCounter("regex", regex_count, _PUNKT_END_CHARS)
+    raise ValueError(
+        f"unknown sentence splitter {name!r}; choose one of {', '.join(SENTENCE_SPLITTERS)}"
+    )

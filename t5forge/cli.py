@@ -1,0 +1,310 @@
+"""The `t5forge` command.
+
+Subcommands import their heavy dependencies (Beam, TensorFlow, JAX) only when
+they run, so `t5forge --help` stays fast. Errors a user can cause become a
+one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_USAGE = 2
+DEMO_OUTPUT = "t5forge-demo"
+
+
+class UsageError(Exception):
+    """A problem with the command's input that the user can fix."""
+
+
+def _demo_wet_path() -> str:
+    return os.path.join(os.path.dirname(__file__), "beam_jobs", "data", "demo.warc.wet.gz")
+
+
+def _add_corpus_input_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("input (default: the demo WET file shipped with t5forge)")
+    src.add_argument(
+        "--input",
+        nargs="+",
+        action="extend",
+        metavar="WET",
+        help="WET files or globs: local paths, gs://, s3://, http(s):// URLs",
+    )
+    src.add_argument(
+        "--input-list",
+        metavar="LISTING",
+        help="a wet.paths(.gz) listing; relative lines are resolved against "
+        "https://data.commoncrawl.org/",
+    )
+    src.add_argument(
+        "--cc-version",
+        metavar="CC-MAIN-YYYY-WW",
+        help="read every WET file of this Common Crawl dump",
+    )
+    src.add_argument("--max-files", type=int, metavar="N", help="read only the first N files")
+    src.add_argument(
+        "--download-dir",
+        metavar="DIR",
+        help="where http(s) WET files are downloaded (deleted after reading)",
+    )
+
+
+def _add_runner_args(p: argparse.ArgumentParser) -> None:
+    run = p.add_argument_group(
+        "running",
+        "Any other --flag is a Beam pipeline option, e.g. --runner DataflowRunner --project P "
+        "--region R --temp_location gs://B/tmp --setup_file ./setup.py",
+    )
+    run.add_argument(
+        "--workers", type=int, metavar="N", help="local runner processes (default: all cores)"
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace an existing corpus in --output"
+    )
+    run.add_argument(
+        "--shard-size-mb",
+        type=int,
+        default=256,
+        metavar="MB",
+        help="target size of an output shard (default 256)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t5forge",
+        description="From Common Crawl WET files to T5-family pretraining data.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "build-c4",
+        help="build a C4 (English) corpus from WET files with TFDS's exact rules",
+        description="Build a C4-style corpus. With no --input, builds the demo corpus into "
+        f"./{DEMO_OUTPUT}/ from the sample WET file shipped with t5forge.",
+    )
+    _add_corpus_input_args(p)
+    p.add_argument("--output", metavar="DIR", help=f"output directory (demo: ./{DEMO_OUTPUT})")
+    p.add_argument(
+        "--variant", default="en", choices=["en", "en.noclean", "en.noblocklist", "realnewslike"]
+    )
+    p.add_argument("--format", default="tfrecord", choices=["tfrecord", "jsonl"])
+    bad = p.add_mutually_exclusive_group()
+    bad.add_argument(
+        "--badwords",
+        metavar="PATH",
+        help="a bad-words file (English) or a directory of per-language files "
+        "(default: LDNOOBW en @25e679f0, downloaded once and cached)",
+    )
+    bad.add_argument("--no-badwords", action="store_true", help="skip the bad-words filter")
+    p.add_argument(
+        "--sentence-splitter",
+        default="punkt",
+        choices=["punkt", "regex"],
+        help="sentence counter for the >= 3 sentences rule (default: punkt, as TFDS)",
+    )
+    p.add_argument(
+        "--realnews-domains",
+        metavar="PATH_OR_URL",
+        help="Grover's domain_to_allowed_subdomains.json (realnewslike; default: "
+        "downloaded from its pinned URL)",
+    )
+    _add_runner_args(p)
+    p.set_defaults(handler=_run_build_c4)
+
+    p = sub.add_parser(
+        "report",
+        help="print a corpus's statistics and write report.html",
+        description="Read DIR/stats.json, print the per-rule table and write "
+        "DIR/report.html (funnel chart and length histograms).",
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.set_defaults(handler=_run_report)
+    return parser
+
+
+def _resolve_inputs(args) -> tuple[list[str], bool]:
+    """The WET paths to read, and whether this is the demo."""
+    from t5forge.beam_jobs import wet
+
+    given = [x for x in (args.input, args.input_list, args.cc_version) if x]
+    if len(given) > 1:
+        raise UsageError("give only one of --input, --input-list, --cc-version")
+    if args.input:
+        paths = wet.expand_inputs(args.input)
+    elif args.input_list:
+        paths = wet.read_path_listing(args.input_list)
+    elif args.cc_version:
+        paths = wet.read_path_listing(wet.common_crawl_listing_url(args.cc_version))
+    else:
+        return [_demo_wet_path()], True
+    if args.max_files:
+        paths = paths[: args.max_files]
+    return paths, False
+
+
+def _input_bytes(paths: list[str]) -> int | None:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return sum(FileSystems.match([p])[0].metadata_list[0].size_in_bytes for p in paths)
+    except Exception:  # noqa: BLE001 - sizes are for the throughput line only
+        return None
+
+
+def _load_c4_badwords(args, demo: bool):
+    from t5forge.beam_jobs import badwords
+
+    if args.no_badwords or args.variant in ("en.noclean", "en.noblocklist"):
+        return None, "off"
+    if args.badwords:
+        return badwords.load_badwords(args.badwords), f"file {args.badwords}"
+    try:
+        path = badwords.fetch_word_list("en", badwords.EN_COMMIT, badwords.default_cache_dir())
+    except OSError as e:
+        if not demo:
+            raise UsageError(str(e)) from e
+        print(f"warning: {e}\nwarning: the demo runs without the bad-words filter", file=sys.stderr)
+        return None, "unavailable (offline demo)"
+    return badwords.load_badwords(path), f"LDNOOBW en @{badwords.EN_COMMIT[:8]}"
+
+
+REALNEWS_DOMAINS_URL = (
+    "https://raw.githubusercontent.com/rowanz/grover/38f7184bd87237ae2d3bc330b99f1e2e246f6d51/"
+    "realnews/domain_to_allowed_subdomains.json"
+)
+
+
+def _load_realnews_domains(source: str | None) -> dict:
+    import json
+
+    from t5forge.beam_jobs import wet
+
+    source = source or REALNEWS_DOMAINS_URL
+    local = source
+    try:
+        if source.startswith(("http://", "https://")):
+            local = wet.download_file(source)
+        with open(local, encoding="utf-8") as f:
+            domains = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--realnews-domains {source}: {e}") from e
+    finally:
+        if local != source and os.path.exists(local):
+            os.remove(local)
+    if not isinstance(domains, dict) or not domains:
+        raise UsageError(f"--realnews-domains {source}: expected a JSON object of domains")
+    return domains
+
+
+def _run_build_c4(args, beam_args: list[str]) -> int:
+    from t5forge.beam_jobs import c4, job, report
+
+    paths, demo = _resolve_inputs(args)
+    output = args.output or (DEMO_OUTPUT if demo else None)
+    if output is None:
+        raise UsageError("--output DIR is required with --input, --input-list or --cc-version")
+    words, badwords_source = _load_c4_badwords(args, demo)
+    domains = (
+        _load_realnews_domains(args.realnews_domains) if args.variant == "realnewslike" else None
+    )
+    config = c4.C4Config(
+        variant=args.variant,
+        sentence_splitter=args.sentence_splitter,
+        badwords={k: sorted(v) for k, v in words.items()} if words else None,
+        realnews_domains=domains,
+        output_format=args.format,
+        shard_bytes=args.shard_size_mb << 20,
+    )
+    _check_sentence_splitter(args.sentence_splitter)
+    print(
+        f"build-c4: {len(paths)} WET file(s) -> {output} "
+        f"(variant {args.variant}, {args.format}, sentence splitter {args.sentence_splitter})",
+        file=sys.stderr,
+    )
+    stats = job.run_job(
+        build=lambda pipeline, tmp: c4.build_c4(pipeline, paths, config, tmp, args.download_dir),
+        output_dir=output,
+        overwrite=args.overwrite or demo,
+        own_files=lambda name: name.startswith("c4-") or name in ("stats.json", "report.html"),
+        beam_args=beam_args,
+        workers=args.workers,
+        describe={
+            "job": "build-c4",
+            "variant": args.variant,
+            "format": args.format,
+            "sentence_splitter": args.sentence_splitter,
+            "badwords": badwords_source,
+            "inputs": paths if len(paths) <= 100 else paths[:100] + ["..."],
+            "num_input_files": len(paths),
+        },
+        splits=c4.SPLITS,
+        funnel=c4.funnel,
+        input_bytes=_input_bytes(paths),
+    )
+    report_path = report.write_report(output)
+    print(report.format_table(stats))
+    print(f"corpus: {os.path.abspath(output)}\nreport: {os.path.abspath(report_path)}")
+    return 0
+
+
+def _check_sentence_splitter(name: str) -> None:
+    if name == "punkt":
+        import warnings
+
+        from t5forge.beam_jobs import sentences
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            english = sentences.punkt_has_english_parameters()
+        if not english:
+            print(
+                f"warning: {caught[0].message}"
+                if caught
+                else "warning: punkt runs without NLTK's English parameters",
+                file=sys.stderr,
+            )
+
+
+def _run_report(args, beam_args: list[str]) -> int:
+    from t5forge.beam_jobs import job, report
+
+    if beam_args:
+        raise UsageError(f"unknown arguments: {' '.join(beam_args)}")
+    stats = job.load_stats(args.directory)
+    path = report.write_report(args.directory)
+    print(report.format_table(stats))
+    print(f"report: {os.path.abspath(path)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    handler: Callable = args.handler
+    try:
+        return handler(args, extra)
+    except (UsageError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"t5forge {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"t5forge {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

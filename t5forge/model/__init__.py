@@ -1,0 +1,1 @@
+"""Compact Flax T5 models and trainer; imports JAX/Flax/optax/numpy only (issue: models)."""

@@ -1,0 +1,1 @@
+"""seqio Task and Mixture registration over built corpora (issue: objectives)."""

@@ -1,0 +1,1 @@
+"""seqio-compatible pretraining objectives (issue: objectives)."""

@@ -1,0 +1,1 @@
+"""SentencePiece and byte vocabularies with T5 sentinel ids (issue: vocabularies)."""

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+SHARED_WET = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "wet")
+PYTHON_DOCS_WET = os.path.join(SHARED_WET, "python-docs-3.11.warc.wet.gz")
+DEBIAN_WET = os.path.join(SHARED_WET, "debian-reference-9lang.warc.wet.gz")
+DEMO_WET = os.path.join(
+    os.path.dirname(__file__), "..", "t5forge", "beam_jobs", "data", "demo.warc.wet.gz"
+)
+
+
+@pytest.fixture(scope="session")
+def python_docs_pages():
+    from t5forge.beam_jobs import wet
+
+    path = PYTHON_DOCS_WET if os.path.exists(PYTHON_DOCS_WET) else DEMO_WET
+    return list(wet.read_wet_file(path))

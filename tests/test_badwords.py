@@ -1,0 +1,108 @@
+"""The bad-words filter against TFDS's regexes, soft filtering, and list fetching."""
+
+import functools
+import http.server
+import threading
+
+import pytest
+
+from conftest import DEMO_WET
+from t5forge.beam_jobs import badwords, wet
+
+WORDS = {"en": ["ass", "2 girls 1 cup", "f*ck", "sm"], "es": ["culo"], "ja": ["sm", "グロ", "エロ"]}
+
+
+@pytest.mark.parametrize(
+    "text, lang, matched",
+    [
+        ("he needs assistance now", "en", False),
+        ("a cutlass on the wall", "en", False),
+        ("he fell on his ass in the mud", "en", True),
+        ("Ass is a donkey.", "en", True),
+        ('he said "ass".', "en", True),
+        ("ass", "en", True),
+        ("what the f*ck", "en", True),
+        ("what the fuck", "en", False),
+        ("el culo", "en", False),
+        ("el culo", "es", True),
+        ("el culo", "fr", False),
+        ("サブエロチック", "ja", True),  # no word boundaries in Japanese
+        ("グロ画像", "ja", False),  # allowlisted
+        ("smart", "ja", False),  # allowlisted "sm"
+    ],
+)
+def test_matches_like_tfds(text, lang, matched):
+    words = {k: set(v) for k, v in WORDS.items()}
+    for k, allowed in badwords.ALLOWLIST.items():
+        if k in words:
+            words[k] -= allowed
+    f = badwords.BadwordsFilter(words, filter_fraction=1.0)
+    assert (f.check(text, lang, "example.com/x") == "filtered") == matched
+    c4_utils = pytest.importorskip("tensorflow_datasets.text.c4_utils")
+    ref = c4_utils.get_badwords_filter_fn(words, filter_fraction=1.0)
+    page = c4_utils.PageFeatures(text=text, language=lang, normalized_url="example.com/x")
+    assert ref(page) == (not matched)
+
+
+def test_same_decisions_as_tfds_on_real_pages():
+    c4_utils = pytest.importorskip("tensorflow_datasets.text.c4_utils")
+    words = {"en": {"kill", "abort", "dump", "execute", "naked", "strip"}}
+    for fraction in (1.0, 0.5, 0.999):
+        ours = badwords.BadwordsFilter(words, fraction)
+        ref = c4_utils.get_badwords_filter_fn(words, filter_fraction=fraction)
+        decisions = []
+        for p in wet.read_wet_file(DEMO_WET):
+            page = c4_utils.PageFeatures(text=p.text, language="en", normalized_url=p.normalized_url)
+            keep = ours.check(p.text, "en", p.normalized_url) != "filtered"
+            assert keep == ref(page)
+            decisions.append(keep)
+        assert 0 < sum(decisions) < len(decisions)
+
+
+def test_soft_filter_keeps_by_url_hash():
+    f = badwords.BadwordsFilter({"en": ["bad"]}, filter_fraction=0.5)
+    outcomes = {f.check("a bad page", "en", f"example.com/{i}") for i in range(64)}
+    assert outcomes == {"filtered", "soft-passed"}
+    assert badwords.keep_fraction_ratio(0.999) == (8998192055486251, 9007199254740992)
+    with pytest.raises(ValueError, match="fraction"):
+        badwords.BadwordsFilter({"en": ["x"]}, filter_fraction=1.5)
+
+
+def test_load_file_and_directory(tmp_path):
+    (tmp_path / "en.txt").write_text("one\n\n  two words \n")
+    assert badwords.load_badwords(str(tmp_path / "en.txt")) == {"en": {"one", "two words"}}
+    d = tmp_path / "lists"
+    d.mkdir()
+    (d / "ja").write_text("sm\nエロ\n")
+    (d / "fr").write_text("merde\n")
+    (d / "fr-CA-u-sd-caqc").write_text("tabarnak\n")
+    assert badwords.load_badwords(str(d)) == {"ja": {"エロ"}, "fr": {"merde", "tabarnak"}}
+    with pytest.raises(FileNotFoundError, match="missing"):
+        badwords.load_badwords(str(tmp_path / "missing"))
+    (tmp_path / "bin").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        badwords.load_badwords(str(tmp_path / "bin"))
+
+
+def test_fetch_pinned_list_from_server(tmp_path):
+    served = tmp_path / "srv" / badwords.EN_COMMIT
+    served.mkdir(parents=True)
+    (served / "en").write_text("alpha\nbeta\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "srv"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        template = f"http://127.0.0.1:{server.server_address[1]}/{{commit}}/{{lang}}"
+        cache = tmp_path / "cache"
+        path = badwords.fetch_word_list("en", badwords.EN_COMMIT, str(cache), template)
+        assert badwords.read_word_list(path) == {"alpha", "beta"}
+        server.shutdown()
+        server.server_close()
+        # Cached: no server needed the second time.
+        assert badwords.fetch_word_list("en", badwords.EN_COMMIT, str(cache), template) == path
+        with pytest.raises(OSError, match="--no-badwords"):
+            badwords.fetch_word_list("de", badwords.EN_COMMIT, str(cache), template)
+    finally:
+        server.server_close()

@@ -1,0 +1,155 @@
+"""Tests for t5forge.beam_jobs.report: the text summary and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from t5forge.beam_jobs.report import format_table, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _histogram(buckets: dict[int, int]) -> dict:
+    return {
+        "bucket_index": list(buckets),
+        "bucket_edges_chars": [round(2 ** (k / 4)) for k in buckets],
+        "counts": list(buckets.values()),
+    }
+
+
+STATS = {
+    "counters": {
+        "clean-page": {
+            "filtered:squigglybracket": 33,
+            "line-filtered:javascript": 11,
+            "line-filtered:no_endmark": 68092,
+            "line-passed": 15184,
+            "passed": 276,
+        },
+        "dedupe-lines": {"filtered:too_few_sentences": 27, "passed": 249},
+        "too-long-filter": {"filtered": 1, "passed": 309},
+        "odd<ns>": {"filtered:a&b<c>": 5},
+        "write": {"train:bytes": 2028192, "train:pages": 249},
+    },
+    "funnel": [
+        {"step": "WET records read", "pages": 310},
+        {"step": "length <= 190,000 chars", "pages": 309},
+        {"step": "clean_page rules", "pages": 276},
+        {"step": "line dedup", "pages": 249},
+    ],
+    "splits": {
+        "train": {
+            "pages": 249,
+            "bytes": 2028192,
+            "length_histogram": _histogram({25: 1, 40: 100, 50: 120, 66: 28}),
+        },
+        "validation": {"pages": 0, "bytes": 0, "length_histogram": _histogram({})},
+    },
+    "job": "build-c4",
+    "runner": "DirectRunner",
+    "workers": 2,
+    "seconds": 8.04,
+    "input_bytes": 1898649,
+    "input_mb_per_second": 0.236,
+    "finished": "2026-11-22T15:40:18+00:00",
+    "some_future_key": {"nested": [1, 2]},
+}
+
+
+def _write_stats(directory, stats) -> str:
+    (directory / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    return str(directory)
+
+
+def _row(text: str, first_cell: str) -> list[str]:
+    """The whitespace-separated cells after ``first_cell`` on the line starting with it."""
+    line = next(ln for ln in text.splitlines() if ln.startswith(first_cell + "  "))
+    return line[len(first_cell) :].split()
+
+
+def test_format_table_funnel_numbers_and_removed_counts():
+    text = format_table(STATS)
+    assert _row(text, "WET records read") == ["310", "0", "100.0%"]
+    assert _row(text, "length <= 190,000 chars") == ["309", "1", "99.7%"]
+    assert _row(text, "clean_page rules") == ["276", "33", "89.0%"]
+    assert _row(text, "line dedup") == ["249", "27", "80.3%"]
+
+
+def test_format_table_rules_splits_and_speed():
+    text = format_table(STATS)
+    assert _row(text, "clean-page") == ["filtered:squigglybracket", "33"]
+    assert "line-filtered:no_endmark" in text and "68,092" in text
+    assert "too-long-filter" in text
+    # Counters that are not filtering rules are left out.
+    assert "line-passed" not in text and "train:bytes" not in text
+    assert _row(text, "train") == ["249", "2.03"]
+    assert _row(text, "validation") == ["0", "0.00"]
+    assert "8.0 s" in text and "0.236 MB/s" in text
+
+
+def test_format_table_tolerates_missing_optional_keys():
+    text = format_table({"funnel": [], "counters": {}, "splits": {}})
+    assert "Funnel" in text and "MB/s" not in text
+    assert "step" in format_table({})
+
+
+def test_write_report_embeds_decodable_pngs_and_escapes(tmp_path):
+    path = write_report(_write_stats(tmp_path, STATS))
+    assert path == str(tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3  # funnel + one histogram per split
+    for data in images:
+        assert base64.b64decode(data, validate=True).startswith(PNG_SIGNATURE)
+
+    assert "line-filtered:no_endmark" in page and "68,092" in page
+    assert "filtered:a&amp;b&lt;c&gt;" in page and "odd&lt;ns&gt;" in page
+    assert "<c>" not in page and "length &lt;= 190,000 chars" in page
+    assert "DirectRunner" in page and "build-c4" in page
+    assert "http" not in page.lower()
+    assert "<script" not in page.lower()
+
+
+def test_write_report_empty_split_and_unknown_keys(tmp_path):
+    stats = copy.deepcopy(STATS)
+    stats["splits"]["de/train"] = {"pages": 0, "bytes": 0, "length_histogram": {}}
+    stats["splits"]["empty"] = {}
+    del stats["input_mb_per_second"]
+    page = open(write_report(_write_stats(tmp_path, stats)), encoding="utf-8").read()
+    assert page.count("data:image/png;base64,") == 5
+    assert "de/train" in page and "MB/s" not in page
+
+
+def test_write_report_missing_stats_names_directory(tmp_path):
+    missing = tmp_path / "no-such-job"
+    missing.mkdir()
+    with pytest.raises(FileNotFoundError, match="no-such-job"):
+        write_report(str(missing))
+
+
+def test_write_report_invalid_json_names_file(tmp_path):
+    (tmp_path / "stats.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="stats.json"):
+        write_report(str(tmp_path))
+
+
+def test_write_report_leaves_no_temp_file_and_overwrites(tmp_path):
+    directory = _write_stats(tmp_path, STATS)
+    write_report(directory)
+    write_report(directory)
+    assert sorted(os.listdir(directory)) == ["report.html", "stats.json"]
+
+
+def test_import_does_not_load_matplotlib():
+    code = "import sys, t5forge.beam_jobs.report; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,197 @@
+"""WET reading: TFDS-identical pages for valid files, counted losses for damaged ones."""
+
+import collections
+import gzip
+import io
+import os
+
+import pytest
+from conftest import DEBIAN_WET, PYTHON_DOCS_WET
+
+from t5forge.beam_jobs import wet
+
+
+def record(url, body, date="2019-04-20T10:00:00Z", extra_headers=""):
+    headers = (
+        "WARC/1.0\r\nWARC-Type: conversion\r\n"
+        + (f"WARC-Target-URI: {url}\r\n" if url else "")
+        + (f"WARC-Date: {date}\r\n" if date else "")
+        + extra_headers
+        + "Content-Type: text/plain\r\n"
+        + f"Content-Length: {len(body.encode('utf-8'))}\r\n\r\n"
+    )
+    return (headers + body + "\r\n\r\n").encode("utf-8")
+
+
+def members(*records):
+    return b"".join(gzip.compress(r, mtime=0) for r in records)
+
+
+def read(data):
+    counts = collections.Counter()
+    pages = list(wet.parse_wet_stream(io.BytesIO(data), lambda n, a=1: counts.update({n: a})))
+    return pages, counts
+
+
+BODIES = [f"Body of page {i}.\nSecond line of page {i}." for i in range(5)]
+URLS = [f"https://example.com/page{i}" for i in range(5)]
+
+
+def valid_file():
+    return [record(u, b) for u, b in zip(URLS, BODIES, strict=True)]
+
+
+def test_parses_records():
+    pages, counts = read(members(*valid_file()))
+    assert [p.url for p in pages] == URLS
+    assert [p.text for p in pages] == BODIES
+    assert pages[0].normalized_url == "example.com/page0"
+    assert pages[0].timestamp == "2019-04-20T10:00:00Z"
+    assert pages[0].content_type == "text/plain"
+    assert pages[0].content_length == str(len(BODIES[0]))
+    assert counts["passed"] == 5
+
+
+def test_plain_uncompressed_wet():
+    pages, _ = read(b"".join(valid_file()))
+    assert [p.text for p in pages] == BODIES
+
+
+def test_header_like_body_lines_follow_tfds():
+    # TFDS treats body lines starting with WARC/Content- as headers, even late ones.
+    body = "Real text here.\nContent-Length: 7\nWARC is a file format.\nMore text."
+    pages, _ = read(members(record("https://a.org/x", body)))
+    assert pages[0].text == "Real text here.\nMore text."
+    assert pages[0].content_length == "7"
+
+
+def test_missing_url_or_date_counted():
+    pages, counts = read(
+        members(
+            record(None, "No URL here."),
+            record("https://a.org/1", "No date.", date=None),
+            record("https://a.org/2", ""),
+            record("https://a.org/3", "Fine."),
+        )
+    )
+    assert [p.url for p in pages] == ["https://a.org/3"]
+    assert counts["filtered:no_url"] == 1
+    assert counts["filtered:no_timestamp"] == 1
+    assert counts["filtered:no_content"] == 1
+
+
+def test_bad_gzip_member_loses_only_that_record():
+    recs = [gzip.compress(r, mtime=0) for r in valid_file()]
+    broken = bytearray(recs[2])
+    broken[len(broken) // 2] ^= 0xFF  # corrupt the deflate stream
+    broken[len(broken) // 2 + 1] ^= 0xFF
+    pages, counts = read(b"".join(recs[:2]) + bytes(broken) + b"".join(recs[3:]))
+    assert [p.url for p in pages] == [URLS[0], URLS[1], URLS[3], URLS[4]]
+    assert counts["corrupt:bad_gzip_member"] >= 1
+    assert counts["passed"] == 4
+
+
+def test_member_broken_after_producing_text_loses_its_record(monkeypatch):
+    monkeypatch.setattr(wet, "_READ_SIZE", 512)  # decode each member in many steps
+    big = "".join(f"Line {i} of a long text that fills the member.\n" for i in range(3000))
+    recs = [gzip.compress(record(u, b + big), mtime=0) for u, b in zip(URLS, BODIES, strict=True)]
+    broken = bytearray(recs[2])
+    for i in range(len(broken) * 3 // 4, len(broken) * 3 // 4 + 64):
+        broken[i] ^= 0x5A
+    pages, counts = read(b"".join(recs[:2]) + bytes(broken) + b"".join(recs[3:]))
+    assert [p.url for p in pages] == [URLS[0], URLS[1], URLS[3], URLS[4]]
+    assert counts["corrupt:lost_record"] == 1
+
+
+def test_truncated_file_keeps_complete_records():
+    data = members(*valid_file())
+    pages, counts = read(data[:-40])
+    assert [p.url for p in pages] == URLS[:4]
+    assert counts["corrupt:truncated_file"] == 1
+    assert counts["corrupt:lost_record"] == 1
+
+
+def test_invalid_utf8_loses_only_that_record():
+    recs = valid_file()
+    recs[1] = recs[1].replace(b"Body of page 1.", b"Body of \xff\xfe page 1.")
+    pages, counts = read(members(*recs))
+    assert [p.url for p in pages] == [URLS[0]] + URLS[2:]
+    assert counts["corrupt:invalid_utf8"] == 1
+
+
+def test_garbage_between_members_is_skipped():
+    recs = [gzip.compress(r, mtime=0) for r in valid_file()]
+    pages, counts = read(recs[0] + b"\x00garbage bytes\x00" * 10 + b"".join(recs[1:]))
+    assert [p.url for p in pages] == URLS
+    assert counts["corrupt:bad_gzip_member"] >= 1
+
+
+def test_unreadable_file_is_counted_not_raised(tmp_path):
+    counts = collections.Counter()
+    pages = list(
+        wet.read_wet_file(str(tmp_path / "missing.wet.gz"), lambda n, a=1: counts.update({n: a}))
+    )
+    assert pages == []
+    assert counts["corrupt:unreadable_file"] == 1
+
+
+@pytest.mark.parametrize("path", [PYTHON_DOCS_WET, DEBIAN_WET])
+def test_same_pages_as_tfds_split_wet_file(path):
+    c4_utils = pytest.importorskip("tensorflow_datasets.text.c4_utils")
+    ref = list(c4_utils.split_wet_file(path, counter_inc_fn=lambda *a: None))
+    ours = list(wet.read_wet_file(path))
+    assert len(ours) == len(ref) > 100
+    for a, b in zip(ours, ref, strict=True):
+        assert (a.url, a.normalized_url, a.timestamp, a.content_type, a.content_length, a.text) == (
+            b.url,
+            b.normalized_url,
+            b.timestamp,
+            b.content_type,
+            b.content_length,
+            b.text,
+        )
+
+
+def test_path_listing(tmp_path):
+    listing = tmp_path / "wet.paths.gz"
+    listing.write_bytes(
+        gzip.compress(b"crawl-data/CC-MAIN-2019-18/a.warc.wet.gz\n\n/abs/b.warc.wet.gz\n")
+    )
+    assert wet.read_path_listing(str(listing)) == [
+        "https://data.commoncrawl.org/crawl-data/CC-MAIN-2019-18/a.warc.wet.gz",
+        "/abs/b.warc.wet.gz",
+    ]
+    assert wet.common_crawl_listing_url("CC-MAIN-2019-18") == (
+        "https://data.commoncrawl.org/crawl-data/CC-MAIN-2019-18/wet.paths.gz"
+    )
+    with pytest.raises(ValueError, match="CC-MAIN-YYYY-WW"):
+        wet.common_crawl_listing_url("2019-18")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        wet.read_path_listing(str(tmp_path / "nope.gz"))
+
+
+def test_http_download_and_read(tmp_path):
+    """WET files and listings given as URLs are downloaded (here from a local server)."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "f.warc.wet.gz").write_bytes(members(*valid_file()))
+    (tmp_path / "srv" / "wet.paths").write_text("f.warc.wet.gz\n")
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv")
+    )
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        paths = wet.read_path_listing(base + "wet.paths", base_url=base)
+        assert paths == [base + "f.warc.wet.gz"]
+        dl = tmp_path / "dl"
+        pages = list(wet.read_wet_file(paths[0], download_dir=str(dl)))
+        assert [p.url for p in pages] == URLS
+        assert os.listdir(dl) == []  # the download is removed after reading
+    finally:
+        server.shutdown()
