@@ -33,7 +33,9 @@ setup(
     package_data={"t5forge.beam_jobs": ["data/*.wet.gz"]},
     install_requires=CORPUS + DATA,
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # DataflowRunner (and `build`, which stages this package for --setup_file).
+        "gcp": ["apache-beam[gcp]>=2.60,<3", "build>=1"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "apache-beam[gcp]>=2.60,<3"],
     },
     entry_points={"console_scripts": ["t5forge=t5forge.cli:main"]},
 )

@@ -189,13 +189,36 @@ def split_of(normalized_url: str) -> str:
     return "validation" if value % 1000 == 0 else "train"
 
 
-def c4_pages(pipeline, input_paths: list[str], config: C4Config, download_dir: str | None = None):
+# Longer path lists are read from a staged file rather than embedded in the job
+# graph (a Common Crawl dump lists ~60k WET files; Dataflow caps a job graph at 10 MB).
+MAX_EMBEDDED_PATHS = 1000
+
+
+def input_paths(pipeline, paths: list[str], staging_dir: str | None = None):
+    """A PCollection of WET paths, spread over workers."""
+    if len(paths) > MAX_EMBEDDED_PATHS and staging_dir:
+        from apache_beam.io.filesystems import FileSystems
+
+        listing = FileSystems.join(staging_dir, ".input-paths.txt")
+        with FileSystems.create(listing) as f:
+            f.write("".join(p + "\n" for p in paths).encode("utf-8"))
+        source = pipeline | "InputPaths" >> beam.io.ReadFromText(listing)
+    else:
+        source = pipeline | "InputPaths" >> beam.Create(paths)
+    return source | "SpreadFiles" >> beam.Reshuffle()
+
+
+def c4_pages(
+    pipeline,
+    paths: list[str],
+    config: C4Config,
+    download_dir: str | None = None,
+    staging_dir: str | None = None,
+):
     """Builds the graph up to the final pages (before splitting); returns that PCollection."""
     variant = VARIANTS[config.variant]
     pages = (
-        pipeline
-        | "InputPaths" >> beam.Create(input_paths)
-        | "SpreadFiles" >> beam.Reshuffle()
+        input_paths(pipeline, paths, staging_dir)
         | "ReadWet" >> beam.ParDo(ReadWetFn(download_dir))
         | "LengthFilter"
         >> beam.Filter(_length_ok, config.max_page_length, Counters("too-long-filter"))
@@ -224,13 +247,13 @@ def c4_pages(pipeline, input_paths: list[str], config: C4Config, download_dir: s
 
 def build_c4(
     pipeline,
-    input_paths: list[str],
+    paths: list[str],
     config: C4Config,
     output_dir: str,
     download_dir: str | None = None,
 ):
     """Adds the whole C4 job to `pipeline`, writing shards into `output_dir`."""
-    pages = c4_pages(pipeline, input_paths, config, download_dir)
+    pages = c4_pages(pipeline, paths, config, download_dir, staging_dir=output_dir)
     return (
         pages
         | "SplitByUrlHash" >> beam.Map(lambda p: (split_of(p.normalized_url), p))
