@@ -137,6 +137,8 @@ def test_unreadable_file_is_counted_not_raised(tmp_path):
 
 @pytest.mark.parametrize("path", [PYTHON_DOCS_WET, DEBIAN_WET])
 def test_same_pages_as_tfds_split_wet_file(path):
+    if not os.path.exists(path):
+        pytest.skip(f"shared data {path} is not present in this checkout")
     c4_utils = pytest.importorskip("tensorflow_datasets.text.c4_utils")
     ref = list(c4_utils.split_wet_file(path, counter_inc_fn=lambda *a: None))
     ours = list(wet.read_wet_file(path))
