@@ -51,34 +51,64 @@ def main() -> int:
     print(f"{len(inputs)} WET file(s), {mb:.2f} MB compressed")
     tmp = tempfile.mkdtemp(prefix="c4-bench-")
 
+    # TFDS gets its own plain Punkt tokenizer (same parameters, none of our caching).
+    plain_punkt = sentences._new_punkt_tokenizer()
     start = time.perf_counter()
-    run_tfds_c4(inputs, os.path.join(tmp, "tfds"), sentences.get_sentence_counter("punkt"),
-                badwords={"en": set(BADWORDS)})
+    run_tfds_c4(
+        inputs,
+        os.path.join(tmp, "tfds"),
+        lambda text: len(plain_punkt.tokenize(text)),
+        badwords={"en": set(BADWORDS)},
+    )
     t_tfds = time.perf_counter() - start
     expected = set()
     for path in glob.glob(os.path.join(tmp, "tfds-*")):
         for line in open(path, encoding="utf-8"):
             r = json.loads(line)
-            expected.add((r["split"], r["url"], r["text"], r["timestamp"], r["content-type"],
-                          r["content-length"]))
+            expected.add(
+                (
+                    r["split"],
+                    r["url"],
+                    r["text"],
+                    r["timestamp"],
+                    r["content-type"],
+                    r["content-length"],
+                )
+            )
 
     rows = [("TFDS graph, DirectRunner in-process", t_tfds, len(expected), "reference")]
     for workers in sorted({1, args.workers}):
         out = os.path.join(tmp, f"ours-{workers}")
         config = c4.C4Config(badwords={"en": BADWORDS})
         start = time.perf_counter()
-        job.run_job(build=lambda p, d: c4.build_c4(p, inputs, config, d), output_dir=out,
-                    overwrite=False, own_files=lambda n: True, beam_args=[], workers=workers,
-                    describe={}, splits=c4.SPLITS, funnel=c4.funnel)
+        job.run_job(
+            build=lambda p, d, config=config: c4.build_c4(p, inputs, config, d),
+            output_dir=out,
+            overwrite=False,
+            own_files=lambda n: True,
+            beam_args=[],
+            workers=workers,
+            describe={},
+            splits=c4.SPLITS,
+            funnel=c4.funnel,
+        )
         elapsed = time.perf_counter() - start
         got = read_tfrecord_corpus(out)
-        rows.append((f"t5forge build-c4, {workers} worker(s)", elapsed, len(got),
-                     "identical" if got == expected else "DIFFERENT"))
+        rows.append(
+            (
+                f"t5forge build-c4, {workers} worker(s)",
+                elapsed,
+                len(got),
+                "identical" if got == expected else "DIFFERENT",
+            )
+        )
 
     print(f"\n{'job':<40}{'seconds':>9}{'MB/s':>8}{'vs TFDS':>9}{'pages':>7}  output")
     for label, seconds, pages, same in rows:
-        print(f"{label:<40}{seconds:>9.1f}{mb / seconds:>8.3f}{t_tfds / seconds:>8.2f}x"
-              f"{pages:>7}  {same}")
+        print(
+            f"{label:<40}{seconds:>9.1f}{mb / seconds:>8.3f}{t_tfds / seconds:>8.2f}x"
+            f"{pages:>7}  {same}"
+        )
     return 0
 
 

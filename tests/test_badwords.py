@@ -5,8 +5,8 @@ import http.server
 import threading
 
 import pytest
-
 from conftest import DEMO_WET
+
 from t5forge.beam_jobs import badwords, wet
 
 WORDS = {"en": ["ass", "2 girls 1 cup", "f*ck", "sm"], "es": ["culo"], "ja": ["sm", "グロ", "エロ"]}
@@ -52,7 +52,9 @@ def test_same_decisions_as_tfds_on_real_pages():
         ref = c4_utils.get_badwords_filter_fn(words, filter_fraction=fraction)
         decisions = []
         for p in wet.read_wet_file(DEMO_WET):
-            page = c4_utils.PageFeatures(text=p.text, language="en", normalized_url=p.normalized_url)
+            page = c4_utils.PageFeatures(
+                text=p.text, language="en", normalized_url=p.normalized_url
+            )
             keep = ours.check(p.text, "en", p.normalized_url) != "filtered"
             assert keep == ref(page)
             decisions.append(keep)
@@ -88,8 +90,9 @@ def test_fetch_pinned_list_from_server(tmp_path):
     served = tmp_path / "srv" / badwords.EN_COMMIT
     served.mkdir(parents=True)
     (served / "en").write_text("alpha\nbeta\n")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
-                                directory=str(tmp_path / "srv"))
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv")
+    )
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

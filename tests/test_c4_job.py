@@ -221,3 +221,34 @@ def test_failed_job_leaves_no_partial_output(tmp_path, monkeypatch):
             funnel=lambda c: [],
         )
     assert os.listdir(tmp_path / "f") == []
+
+
+def test_fast_langdetect_equals_langdetect():
+    """Our vectorised langdetect gives langdetect's exact probabilities, seed 0."""
+    import langdetect
+    from conftest import DEBIAN_WET, PYTHON_DOCS_WET
+    from langdetect.lang_detect_exception import LangDetectException
+
+    from t5forge.beam_jobs import langid
+
+    texts = []
+    for path in (DEBIAN_WET, PYTHON_DOCS_WET):
+        if os.path.exists(path):
+            texts += [p.text for p in wet.read_wet_file(path)][:120]
+    rng = random.Random(0)
+    alphabet = "abcXYZ éüßÆ ΩΔ ЖЯ 漢字かなカナ 한국 ١٢ ًٌ ‐—“” \u0301\u0300  ..!,AB\u1ea1"
+    alphabet += " http://x.org a@b.cc"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400))) for _ in range(150)]
+
+    def outcome(detect, text):
+        try:
+            return [(p.lang, p.prob) for p in detect(text)]
+        except LangDetectException:
+            return "no features"
+
+    def reference(text):
+        langdetect.DetectorFactory.seed = 0
+        return langdetect.detect_langs(text)
+
+    for text in texts:
+        assert outcome(langid.detect_langs, text) == outcome(reference, text)

@@ -213,3 +213,14 @@ def test_paragraph_filter():
     assert cleaning.paragraph_filter("\n".join([long, long, long]))
     assert not cleaning.paragraph_filter("\n".join([long, long, "y" * 199, "short"]))
     assert not cleaning.paragraph_filter("\n".join([long, long]))
+
+
+@pytest.mark.parametrize("name", ["punkt", "regex"])
+def test_count_up_to_equals_capped_count(python_docs_pages, name):
+    counter = sentences.get_sentence_counter(name)
+    texts = [p.text for p in python_docs_pages[:60]]
+    texts += [line for t in texts[:10] for line in t.split("\n")[:30]]
+    for text in texts:
+        full = counter(text)
+        for limit in (1, 2, 3, 5):
+            assert counter.count_up_to(text, limit) == min(full, limit)

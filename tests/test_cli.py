@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import DEMO_WET
 
 T5FORGE = [sys.executable, "-m", "t5forge.cli"]
@@ -80,13 +79,15 @@ def test_bad_input_list(tmp_path):
     (tmp_path / "list.gz").write_bytes(b"\x1f\x8bnot really gzip")
     result = run(["build-c4", "--input-list", "list.gz", "--output", "o"], tmp_path)
     assert_usage_error(result, "list.gz")
-    assert_usage_error(run(["build-c4", "--cc-version", "2019-18", "--output", "o"], tmp_path),
-                       "CC-MAIN-YYYY-WW")
+    assert_usage_error(
+        run(["build-c4", "--cc-version", "2019-18", "--output", "o"], tmp_path), "CC-MAIN-YYYY-WW"
+    )
 
 
 def test_bad_badwords_path(tmp_path):
-    result = run(["build-c4", "--input", DEMO_WET, "--output", "o", "--badwords", "nope.txt"],
-                 tmp_path)
+    result = run(
+        ["build-c4", "--input", DEMO_WET, "--output", "o", "--badwords", "nope.txt"], tmp_path
+    )
     assert_usage_error(result, "nope.txt")
     assert not (tmp_path / "o").exists()
 
@@ -99,8 +100,22 @@ def test_corrupt_file_is_counted_and_job_completes(tmp_path):
     good = open(DEMO_WET, "rb").read()
     (tmp_path / "a.warc.wet.gz").write_bytes(good[: len(good) // 3])  # truncated
     (tmp_path / "b.warc.wet.gz").write_bytes(b"this is not a WET file at all")
-    result = run(["build-c4", "--input", "a.warc.wet.gz", "b.warc.wet.gz", "--output", "o",
-                  "--no-badwords", "--format", "jsonl", "--workers", "1"], tmp_path)
+    result = run(
+        [
+            "build-c4",
+            "--input",
+            "a.warc.wet.gz",
+            "b.warc.wet.gz",
+            "--output",
+            "o",
+            "--no-badwords",
+            "--format",
+            "jsonl",
+            "--workers",
+            "1",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     read = stats["counters"]["split-wet-file"]
@@ -114,16 +129,44 @@ def test_corrupt_file_is_counted_and_job_completes(tmp_path):
 
 def test_realnewslike(tmp_path):
     (tmp_path / "domains.json").write_text(json.dumps({"python.org": ["docs"], "other.com": 1}))
-    result = run(["build-c4", "--input", DEMO_WET, "--output", "o", "--variant", "realnewslike",
-                  "--realnews-domains", "domains.json", "--no-badwords", "--workers", "1"],
-                 tmp_path)
+    result = run(
+        [
+            "build-c4",
+            "--input",
+            DEMO_WET,
+            "--output",
+            "o",
+            "--variant",
+            "realnewslike",
+            "--realnews-domains",
+            "domains.json",
+            "--no-badwords",
+            "--workers",
+            "1",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     assert stats["counters"]["realnews-domain-filter"]["passed"] == 309
     (tmp_path / "domains.json").write_text(json.dumps({"python.org": ["www"]}))
-    result = run(["build-c4", "--input", DEMO_WET, "--output", "o2", "--variant", "realnewslike",
-                  "--realnews-domains", "domains.json", "--no-badwords", "--workers", "1"],
-                 tmp_path)
+    result = run(
+        [
+            "build-c4",
+            "--input",
+            DEMO_WET,
+            "--output",
+            "o2",
+            "--variant",
+            "realnewslike",
+            "--realnews-domains",
+            "domains.json",
+            "--no-badwords",
+            "--workers",
+            "1",
+        ],
+        tmp_path,
+    )
     stats = json.loads((tmp_path / "o2" / "stats.json").read_text())
     assert stats["counters"]["realnews-domain-filter"]["filtered:bad_subdomain"] == 309
     assert stats["splits"]["train"]["pages"] == 0
@@ -132,8 +175,20 @@ def test_realnewslike(tmp_path):
 @pytest.mark.parametrize("extra", [[], ["--sentence-splitter", "regex"]])
 def test_report_command(tmp_path, extra):
     out = tmp_path / "o"
-    result = run(["build-c4", "--input", DEMO_WET, "--output", str(out), "--no-badwords",
-                  "--workers", "1", *extra], tmp_path)
+    result = run(
+        [
+            "build-c4",
+            "--input",
+            DEMO_WET,
+            "--output",
+            str(out),
+            "--no-badwords",
+            "--workers",
+            "1",
+            *extra,
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     os.remove(out / "report.html")
     result = run(["report", str(out)], tmp_path)

@@ -33,19 +33,33 @@ def transform_names(dataflow_job):
 def test_dataflow_graph_builds_without_submitting():
     dataflow_job = build_dataflow_job(["gs://my-bucket/wet/a.warc.wet.gz"], "gs://my-bucket/out")
     names = transform_names(dataflow_job)
-    for step in ("ReadWet", "LengthFilter", "UrlDedup/SelectNewest", "CleanPages",
-                 "LineDedup/PickLineOwner", "English", "Badwords", "Write/WriteShard"):
+    for step in (
+        "ReadWet",
+        "LengthFilter",
+        "UrlDedup/SelectNewest",
+        "CleanPages",
+        "LineDedup/PickLineOwner",
+        "English",
+        "Badwords",
+        "Write/WriteShard",
+    ):
         assert step in names
     # The line-dedup winner comes from a combiner, not a GroupByKey of all lines.
     assert "LineDedup/PickLineOwner/Combine" in names
-    assert dataflow_job.options.view_as(
-        __import__("apache_beam").options.pipeline_options.StandardOptions
-    ).runner == "DataflowRunner"
+    assert (
+        dataflow_job.options.view_as(
+            __import__("apache_beam").options.pipeline_options.StandardOptions
+        ).runner
+        == "DataflowRunner"
+    )
 
 
 def test_long_path_lists_are_staged_not_embedded(tmp_path):
-    paths = [f"gs://commoncrawl/crawl-data/CC-MAIN-2019-18/segments/{i:06d}/wet/"
-             f"CC-MAIN-20190418101243-20190418{i:06d}-00000.warc.wet.gz" for i in range(20000)]
+    paths = [
+        f"gs://commoncrawl/crawl-data/CC-MAIN-2019-18/segments/{i:06d}/wet/"
+        f"CC-MAIN-20190418101243-20190418{i:06d}-00000.warc.wet.gz"
+        for i in range(20000)
+    ]
     dataflow_job = build_dataflow_job(paths, str(tmp_path))
     graph_bytes = len(dataflow_job.proto_pipeline.SerializeToString())
     assert graph_bytes < 500_000  # 20k embedded paths would be ~2.2 MB

@@ -132,7 +132,7 @@ class EnoughSentences:
     def __call__(self, text: str) -> bool:
         if self._counter is None:
             self._counter = sentences.get_sentence_counter(self.sentence_splitter)
-        return self._counter(text) >= self.min_num_sentences
+        return self._counter.count_up_to(text, self.min_num_sentences) >= self.min_num_sentences
 
 
 def _detect_english(page: Page, min_probability: float, counters: Counters):

@@ -195,7 +195,10 @@ def has_min_sentences(
         return True
     total = 0
     for line in lines:
-        total += 1 if count_sentences.is_single_sentence(line) else count_sentences(line)
+        if count_sentences.is_single_sentence(line):
+            total += 1
+        else:
+            total += count_sentences.count_up_to(line, min_num_sentences - total)
         if total >= min_num_sentences:
             return True
     return False

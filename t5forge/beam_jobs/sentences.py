@@ -18,7 +18,7 @@ import functools
 import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 SENTENCE_SPLITTERS = ("punkt", "regex")
 
@@ -37,14 +37,36 @@ class SentenceCounter:
         character counts as exactly 1 sentence.
     """
 
-    def __init__(self, name: str, count: Callable[[str], int], break_chars: str):
+    def __init__(
+        self,
+        name: str,
+        count: Callable[[str], int],
+        break_chars: str,
+        spans: Callable[[str], Iterator] | None = None,
+    ):
         self.name = name
         self._count = count
+        self._spans = spans
         self.at_least_one = True
         self.break_chars = break_chars
 
     def __call__(self, text: str) -> int:
         return self._count(text)
+
+    def count_up_to(self, text: str, limit: int) -> int:
+        """min(count(text), limit), reading only as much text as that needs.
+
+        Sentences come out of the splitter one by one and never change once
+        produced, so the first `limit` of them settle the question.
+        """
+        if self._spans is None:
+            return min(self._count(text), limit)
+        n = 0
+        for _ in self._spans(text):
+            n += 1
+            if n >= limit:
+                break
+        return n
 
     def is_single_sentence(self, line: str) -> bool:
         """True when `line` (stripped, non-empty) provably has one sentence."""
@@ -65,25 +87,40 @@ _punkt_lock = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _punkt_tokenizer():
+    with _punkt_lock:
+        tokenizer = _new_punkt_tokenizer()
+    # Punkt decides each candidate break from its local context string alone,
+    # so remembering recent decisions changes nothing but the time.
+    tokenizer.text_contains_sentbreak = functools.lru_cache(maxsize=1 << 16)(
+        tokenizer.text_contains_sentbreak
+    )
+    return tokenizer
+
+
+def _new_punkt_tokenizer():
     from nltk.tokenize import punkt
 
-    with _punkt_lock:
-        try:
-            return punkt.PunktTokenizer("english")
-        except LookupError:
-            warnings.warn(
-                "NLTK's punkt_tab English parameters are not installed; counting "
-                "sentences with Punkt's default (untrained) parameters, which "
-                "differ from C4's on abbreviations. Install them with "
-                "`python -m nltk.downloader punkt_tab` for C4-exact counts.",
-                stacklevel=2,
-            )
-            return punkt.PunktSentenceTokenizer()
+    try:
+        return punkt.PunktTokenizer("english")
+    except LookupError:
+        warnings.warn(
+            "NLTK's punkt_tab English parameters are not installed; counting "
+            "sentences with Punkt's default (untrained) parameters, which "
+            "differ from C4's on abbreviations. Install them with "
+            "`python -m nltk.downloader punkt_tab` for C4-exact counts.",
+            stacklevel=3,
+        )
+        return punkt.PunktSentenceTokenizer()
 
 
 def punkt_count(text: str) -> int:
     """Number of sentences NLTK Punkt finds in `text`."""
     return len(_punkt_tokenizer().tokenize(text))
+
+
+def punkt_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Punkt's sentence spans, produced lazily."""
+    return _punkt_tokenizer().span_tokenize(text)
 
 
 def punkt_has_english_parameters() -> bool:
@@ -106,12 +143,21 @@ def regex_count(text: str) -> int:
     return 1 + len(_REGEX_BREAK.findall(text))
 
 
+def regex_spans(text: str) -> Iterator[None]:
+    """One item per sentence `regex_count` counts, produced lazily."""
+    if not text.strip():
+        return
+    yield None
+    for _ in _REGEX_BREAK.finditer(text.strip()):
+        yield None
+
+
 def get_sentence_counter(name: str) -> SentenceCounter:
     """Returns the named sentence counter (one of `SENTENCE_SPLITTERS`)."""
     if name == "punkt":
-        return SentenceCounter("punkt", punkt_count, _PUNKT_END_CHARS)
+        return SentenceCounter("punkt", punkt_count, _PUNKT_END_CHARS, punkt_spans)
     if name == "regex":
-        return SentenceCounter("regex", regex_count, _PUNKT_END_CHARS)
+        return SentenceCounter("regex", regex_count, _PUNKT_END_CHARS, regex_spans)
     raise ValueError(
         f"unknown sentence splitter {name!r}; choose one of {', '.join(SENTENCE_SPLITTERS)}"
     )
