@@ -82,7 +82,7 @@ def main() -> int:
         config = c4.C4Config(badwords={"en": BADWORDS})
         start = time.perf_counter()
         job.run_job(
-            build=lambda p, d, config=config: c4.build_c4(p, inputs, config, d),
+            build=lambda p, d, progress, config=config: c4.build_c4(p, inputs, config, d),
             output_dir=out,
             overwrite=False,
             own_files=lambda n: True,

@@ -228,7 +228,9 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
         file=sys.stderr,
     )
     stats = job.run_job(
-        build=lambda pipeline, tmp: c4.build_c4(pipeline, paths, config, tmp, args.download_dir),
+        build=lambda pipeline, tmp, progress: c4.build_c4(
+            pipeline, paths, config, tmp, args.download_dir, progress
+        ),
         output_dir=output,
         overwrite=args.overwrite or demo,
         own_files=lambda name: name.startswith("c4-") or name in ("stats.json", "report.html"),
@@ -246,6 +248,7 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
         splits=c4.SPLITS,
         funnel=c4.funnel,
         input_bytes=_input_bytes(paths),
+        total_files=len(paths),
     )
     report_path = report.write_report(output)
     print(report.format_table(stats))
@@ -263,12 +266,9 @@ def _check_sentence_splitter(name: str) -> None:
             warnings.simplefilter("always")
             english = sentences.punkt_has_english_parameters()
         if not english:
-            print(
-                f"warning: {caught[0].message}"
-                if caught
-                else "warning: punkt runs without NLTK's English parameters",
-                file=sys.stderr,
-            )
+            message = caught[0].message if caught else "punkt runs without English parameters"
+            print(f"warning: {message}", file=sys.stderr)
+            os.environ[sentences.PUNKT_WARNED_ENV] = "1"
 
 
 def _run_report(args, beam_args: list[str]) -> int:

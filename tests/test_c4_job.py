@@ -74,7 +74,7 @@ def run_ours(
         badwords={"en": badwords} if badwords else None,
     )
     return job.run_job(
-        build=lambda p, tmp: c4.build_c4(p, paths, config, tmp),
+        build=lambda p, tmp, progress: c4.build_c4(p, paths, config, tmp),
         output_dir=output,
         overwrite=False,
         own_files=lambda n: n.startswith("c4-") or n == "stats.json",
@@ -200,7 +200,7 @@ def test_existing_output_needs_overwrite(wet_files, tmp_path):
 
 
 def test_failed_job_leaves_no_partial_output(tmp_path, monkeypatch):
-    def broken_build(pipeline, tmp):
+    def broken_build(pipeline, tmp, progress):
         import apache_beam as beam
 
         def explode(x):

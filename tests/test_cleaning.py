@@ -224,3 +224,28 @@ def test_count_up_to_equals_capped_count(python_docs_pages, name):
         full = counter(text)
         for limit in (1, 2, 3, 5):
             assert counter.count_up_to(text, limit) == min(full, limit)
+
+
+def test_clean_page_equals_tfds_on_every_shared_page(python_docs_pages):
+    """Same text and same per-reason counters as TFDS's c4_utils.clean_page."""
+    import collections
+
+    c4_utils = pytest.importorskip("tensorflow_datasets.text.c4_utils")
+    punkt = sentences.get_sentence_counter("punkt")
+    plain = sentences._new_punkt_tokenizer()  # TFDS gets no shortcuts and no caching
+    original = c4_utils._get_sentences
+    c4_utils._get_sentences = plain.tokenize
+    try:
+        tfds_clean = c4_utils.get_clean_page_fn()
+        kept = 0
+        for page in python_docs_pages:
+            counts = collections.Counter()
+            out = list(tfds_clean(page, counter_inc_fn=lambda n, a=1, c=counts: c.update({n: a})))
+            expected = out[0].text if out else None
+            result = clean_page_with_reasons(page.text, count_sentences=punkt)
+            assert result.text == expected, page.url
+            assert +result.counts == +counts, page.url
+            kept += expected is not None
+    finally:
+        c4_utils._get_sentences = original
+    assert len(python_docs_pages) >= 300 and 0 < kept < len(python_docs_pages)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,12 +85,17 @@ class C4Config:
 class ReadWetFn(beam.DoFn):
     """WET file path -> pages; damaged records are counted, never fatal."""
 
-    def __init__(self, download_dir: str | None = None):
+    def __init__(self, download_dir: str | None = None, progress_dir: str | None = None):
         self._download_dir = download_dir
+        self._progress_dir = progress_dir
         self._counters = Counters("split-wet-file")
 
     def process(self, path: str):
         yield from read_wet_file(path, self._counters, self._download_dir)
+        if self._progress_dir:
+            marker = hashlib.md5(path.encode("utf-8")).hexdigest()
+            with open(os.path.join(self._progress_dir, marker), "w"):
+                pass
 
 
 class CleanPageFn(beam.DoFn):
@@ -214,12 +220,13 @@ def c4_pages(
     config: C4Config,
     download_dir: str | None = None,
     staging_dir: str | None = None,
+    progress_dir: str | None = None,
 ):
     """Builds the graph up to the final pages (before splitting); returns that PCollection."""
     variant = VARIANTS[config.variant]
     pages = (
         input_paths(pipeline, paths, staging_dir)
-        | "ReadWet" >> beam.ParDo(ReadWetFn(download_dir))
+        | "ReadWet" >> beam.ParDo(ReadWetFn(download_dir, progress_dir))
         | "LengthFilter"
         >> beam.Filter(_length_ok, config.max_page_length, Counters("too-long-filter"))
     )
@@ -251,9 +258,12 @@ def build_c4(
     config: C4Config,
     output_dir: str,
     download_dir: str | None = None,
+    progress_dir: str | None = None,
 ):
     """Adds the whole C4 job to `pipeline`, writing shards into `output_dir`."""
-    pages = c4_pages(pipeline, paths, config, download_dir, staging_dir=output_dir)
+    pages = c4_pages(
+        pipeline, paths, config, download_dir, staging_dir=output_dir, progress_dir=progress_dir
+    )
     return (
         pages
         | "SplitByUrlHash" >> beam.Map(lambda p: (split_of(p.normalized_url), p))

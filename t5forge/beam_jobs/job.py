@@ -128,9 +128,41 @@ def split_summary(counters: dict[str, dict[str, int]], splits: Iterable[str]) ->
     return summary
 
 
+class _FileProgress:
+    """A progress bar over input files, fed by marker files the readers write.
+
+    Only for the local runner, whose workers share this machine's disk.
+    """
+
+    def __init__(self, directory: str, total: int):
+        import threading
+
+        os.makedirs(directory, exist_ok=True)
+        self._directory = directory
+        self._total = total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        from tqdm import tqdm
+
+        with tqdm(total=self._total, desc="WET files read", unit="file", mininterval=1) as bar:
+            while True:
+                done = min(len(os.listdir(self._directory)), self._total)
+                bar.update(done - bar.n)
+                if self._stop.wait(0.5):
+                    bar.update(min(len(os.listdir(self._directory)), self._total) - bar.n)
+                    return
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+
+
 def run_job(
     *,
-    build: Callable[[Any, str], Any],
+    build: Callable[[Any, str, str | None], Any],
     output_dir: str,
     overwrite: bool,
     own_files: Callable[[str], bool],
@@ -140,11 +172,15 @@ def run_job(
     splits: Iterable[str],
     funnel: Callable[[dict], list],
     input_bytes: int | None = None,
+    total_files: int | None = None,
 ) -> dict[str, Any]:
     """Runs a corpus pipeline end to end and writes stats.json; returns the stats.
 
     Args:
-      build: adds the job to (pipeline, temporary output dir).
+      build: adds the job to (pipeline, temporary output dir, progress dir or
+        None); readers drop one marker file per finished input into the
+        progress dir.
+      total_files: the number of input files, for the local progress bar.
       own_files: recognises file names this job writes (old ones are replaced).
       describe: job settings recorded in stats.json.
     """
@@ -153,16 +189,22 @@ def run_job(
 
     options = pipeline_options(beam_args, workers)
     tmp_dir = prepare_output(output_dir, overwrite, own_files)
+    local = options.get_all_options().get("runner") == "DirectRunner"
+    progress_dir = os.path.join(tmp_dir, ".progress") if local and total_files else None
+    progress = _FileProgress(progress_dir, total_files) if progress_dir else None
     started = time.time()
     try:
         pipeline = beam.Pipeline(options=options)
-        build(pipeline, tmp_dir)
+        build(pipeline, tmp_dir, progress_dir)
         result = pipeline.run()
         result.wait_until_finish()
         counters = collect_counters(result)
     except BaseException:
         discard_output(tmp_dir)
         raise
+    finally:
+        if progress:
+            progress.close()
     seconds = time.time() - started
     stats = dict(describe)
     stats.update(

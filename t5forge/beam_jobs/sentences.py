@@ -15,12 +15,16 @@ every kept line, exactly as TFDS does.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 
 SENTENCE_SPLITTERS = ("punkt", "regex")
+# Set once the missing-parameters warning has been shown, so the worker
+# processes a job starts afterwards do not repeat it.
+PUNKT_WARNED_ENV = "T5FORGE_PUNKT_WARNED"
 
 # Punkt proposes a break only right after one of these characters, and only
 # when something follows it (a look-ahead in its period-context regex).
@@ -103,6 +107,8 @@ def _new_punkt_tokenizer():
     try:
         return punkt.PunktTokenizer("english")
     except LookupError:
+        if os.environ.get(PUNKT_WARNED_ENV):
+            return punkt.PunktSentenceTokenizer()
         warnings.warn(
             "NLTK's punkt_tab English parameters are not installed; counting "
             "sentences with Punkt's default (untrained) parameters, which "
