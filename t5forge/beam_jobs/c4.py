@@ -24,7 +24,7 @@ from t5forge.beam_jobs.counters import Counters
 from t5forge.beam_jobs.dedup import DeduplicateLines, DeduplicateUrls
 from t5forge.beam_jobs.langid import MIN_ENGLISH_PROBABILITY, detect_english
 from t5forge.beam_jobs.wet import Page, read_wet_file
-from t5forge.beam_jobs.writers import WriteSplits
+from t5forge.beam_jobs.writers import SplitNaming, WriteShards
 
 SPLITS = ("train", "validation")
 DEFAULT_SHARD_BYTES = 256 << 20
@@ -267,7 +267,13 @@ def build_c4(
     return (
         pages
         | "SplitByUrlHash" >> beam.Map(lambda p: (split_of(p.normalized_url), p))
-        | "Write" >> WriteSplits(output_dir, "c4", config.output_format, SPLITS, config.shard_bytes)
+        | "Write"
+        >> WriteShards(
+            output_dir,
+            SplitNaming("c4", config.output_format, SPLITS),
+            config.output_format,
+            config.shard_bytes,
+        )
     )
 
 

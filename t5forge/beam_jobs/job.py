@@ -50,12 +50,7 @@ def prepare_output(output_dir: str, overwrite: bool, own_files: Callable[[str], 
     from apache_beam.io.filesystems import FileSystems
 
     if FileSystems.exists(output_dir):
-        existing = [
-            m.path
-            for m in FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list
-            if not os.path.basename(m.path).startswith(".")
-        ]
-        if existing and not overwrite:
+        if _relative_files(output_dir) and not overwrite:
             raise OutputExistsError(
                 f"--output {output_dir} already holds files; pass --overwrite to replace them"
             )
@@ -66,25 +61,52 @@ def prepare_output(output_dir: str, overwrite: bool, own_files: Callable[[str], 
     return tmp
 
 
-def _list(directory: str) -> list[str]:
+def _relative_files(directory: str) -> list[str]:
+    """Paths of all files under `directory`, relative to it, hidden ones excluded."""
     from apache_beam.io.filesystems import FileSystems
 
-    return [m.path for m in FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list]
+    pattern = FileSystems.join(directory, "**")
+    prefix = directory.rstrip("/") + "/"
+    relative = []
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        rel = metadata.path[len(prefix) :] if metadata.path.startswith(prefix) else metadata.path
+        if not any(part.startswith(".") for part in rel.split("/")):
+            relative.append(rel)
+    return sorted(relative)
 
 
 def finalize_output(tmp_dir: str, output_dir: str, own_files: Callable[[str], bool]) -> list[str]:
-    """Replaces the job's old files in `output_dir` with the new ones from `tmp_dir`."""
+    """Replaces the job's old files in `output_dir` with the new ones from `tmp_dir`.
+
+    `own_files` gets paths relative to the output directory.
+    """
     from apache_beam.io.filesystems import FileSystems
 
-    old = [p for p in _list(output_dir) if own_files(os.path.basename(p))]
+    old = [FileSystems.join(output_dir, r) for r in _relative_files(output_dir) if own_files(r)]
     if old:
         FileSystems.delete(old)
-    new = sorted(p for p in _list(tmp_dir) if not os.path.basename(p).startswith("."))
-    finals = [FileSystems.join(output_dir, os.path.basename(p)) for p in new]
+        if "://" not in output_dir:
+            _remove_emptied_dirs(old, output_dir)
+    new = _relative_files(tmp_dir)
+    sources = [FileSystems.join(tmp_dir, r) for r in new]
+    finals = [FileSystems.join(output_dir, r) for r in new]
+    for final in finals:
+        if "://" not in final:  # local renames need the parent directory
+            os.makedirs(os.path.dirname(final), exist_ok=True)
     if new:
-        FileSystems.rename(new, finals)
+        FileSystems.rename(sources, finals)
     FileSystems.delete([tmp_dir])
     return finals
+
+
+def _remove_emptied_dirs(deleted: list[str], top: str) -> None:
+    """Removes the directories that deleting `deleted` left empty (below `top`)."""
+    top = os.path.abspath(top)
+    parents = {os.path.dirname(os.path.abspath(p)) for p in deleted}
+    for directory in sorted(parents, key=len, reverse=True):
+        while directory != top and directory.startswith(top) and not os.listdir(directory):
+            os.rmdir(directory)
+            directory = os.path.dirname(directory)
 
 
 def discard_output(tmp_dir: str) -> None:
@@ -225,7 +247,8 @@ def run_job(
     with FileSystems.create(FileSystems.join(tmp_dir, STATS_FILE)) as f:
         f.write(stats_json(stats).encode("utf-8"))
     files = finalize_output(tmp_dir, output_dir, own_files)
-    stats["files"] = [os.path.basename(f) for f in files]
+    prefix = output_dir.rstrip("/") + "/"
+    stats["files"] = [f[len(prefix) :] if f.startswith(prefix) else f for f in files]
     return stats
 
 

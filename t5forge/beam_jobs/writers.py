@@ -123,32 +123,45 @@ def num_shards_for(num_bytes: int, shard_bytes: int) -> int:
     return max(1, -(-num_bytes // shard_bytes))
 
 
+class SplitNaming:
+    """C4's layout: `<prefix>-<split>...` files directly in the output directory."""
+
+    def __init__(self, prefix: str, fmt: str, splits: tuple[str, ...]):
+        self.prefix, self.fmt, self.splits = prefix, fmt, tuple(splits)
+
+    def path(self, destination: str, shard: int, num_shards: int) -> str:
+        return shard_file_name(self.prefix, destination, self.fmt, shard, num_shards)
+
+    def required(self, present: Iterable[str]) -> list[str]:
+        """Destinations that must have a file even when empty."""
+        return list(self.splits)
+
+
 class _WriteShardFn(beam.DoFn):
     """Writes one shard from its (sort key, record) pairs: temp name, then rename."""
 
-    def __init__(self, directory: str, prefix: str, fmt: str):
+    def __init__(self, directory: str, naming, fmt: str):
         self._directory = directory
-        self._prefix = prefix
+        self._naming = naming
         self._fmt = fmt
-        self._counters = Counters("write")
 
     def process(self, element, num_shards):
-        (split, shard), records = element
-        yield write_shard(
-            self._directory,
-            shard_file_name(self._prefix, split, self._fmt, shard, num_shards.get(split, 1)),
-            (r for _, r in sorted(records)),
-            self._fmt,
-        )
+        (destination, shard), records = element
+        name = self._naming.path(destination, shard, num_shards.get(destination, 1))
+        yield write_shard(self._directory, name, (r for _, r in sorted(records)), self._fmt)
 
 
 def write_shard(directory: str, name: str, records: Iterable[bytes], fmt: str) -> str:
-    """Writes records to `directory/name` atomically (gzip for JSON lines); returns the path."""
+    """Writes records to `directory/name` atomically (gzip for JSON lines); returns the path.
+
+    `name` may contain subdirectories; they are created as needed.
+    """
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     final = FileSystems.join(directory, name)
-    tmp = FileSystems.join(directory, f".tmp-{name}")
+    parent, base = final.rsplit("/", 1)
+    tmp = f"{parent}/.tmp-{base}"
     with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if fmt == "jsonl":
             # mtime=0 keeps the gzip bytes identical from run to run.
@@ -163,37 +176,38 @@ def write_shard(directory: str, name: str, records: Iterable[bytes], fmt: str) -
 
 
 @beam.ptransform_fn
-def WriteSplits(  # noqa: N802
-    pages_by_split,
+def WriteShards(  # noqa: N802
+    pages_by_destination,
     directory: str,
-    prefix: str,
+    naming,
     fmt: str,
-    splits: tuple[str, ...],
     shard_bytes: int,
     with_language: bool = False,
 ):
-    """Writes (split, page) pairs as deterministic shards, one file set per split.
+    """Writes (destination, page) pairs as deterministic shards: one write for all destinations.
 
-    Every split in `splits` gets at least one (possibly empty) shard so readers
-    always find a file. Returns the PCollection of written paths.
+    A destination is a split ("train") or a language and split ("de/train");
+    `naming` maps (destination, shard, number of shards) to a file path and says
+    which destinations must exist even when empty. The shard count of each
+    destination follows from its size. Returns the PCollection of written paths.
     """
     counters = Counters("write")
 
     def encode(kv):
-        split, page = kv
+        destination, page = kv
         record = encode_page(page, fmt, with_language)
-        counters(f"{split}:pages")
-        counters(f"{split}:bytes", len(page.text.encode("utf-8")))
-        counters(f"{split}:length_bucket:{length_bucket(len(page.text))}")
-        return split, url_digest(page.url), page.url, record
+        counters(f"{destination}:pages")
+        counters(f"{destination}:bytes", len(page.text.encode("utf-8")))
+        counters(f"{destination}:length_bucket:{length_bucket(len(page.text))}")
+        return destination, url_digest(page.url), page.url, record
 
-    encoded = pages_by_split | "Encode" >> beam.Map(encode)
+    encoded = pages_by_destination | "Encode" >> beam.Map(encode)
     sizes = (
         encoded
         | "RecordSize" >> beam.Map(lambda e: (e[0], len(e[3])))
-        | "BytesPerSplit" >> beam.CombinePerKey(sum)
+        | "BytesPerDestination" >> beam.CombinePerKey(sum)
     )
-    num_shards = sizes | "ShardsPerSplit" >> beam.Map(
+    num_shards = sizes | "ShardsPerDestination" >> beam.Map(
         lambda kv: (kv[0], num_shards_for(kv[1], shard_bytes))
     )
     shards_side = beam.pvalue.AsDict(num_shards)
@@ -204,17 +218,19 @@ def WriteSplits(  # noqa: N802
             lambda e, n: ((e[0], shard_of(e[2], n.get(e[0], 1))), (e[1], e[3])), n=shards_side
         )
         | "GroupShards" >> beam.GroupByKey()
-        | "WriteShard" >> beam.ParDo(_WriteShardFn(directory, prefix, fmt), num_shards=shards_side)
+        | "WriteShard" >> beam.ParDo(_WriteShardFn(directory, naming, fmt), num_shards=shards_side)
     )
 
-    def write_empty(split, n):
-        if split in n:
-            return []
-        return [write_shard(directory, shard_file_name(prefix, split, fmt, 0, 1), [], fmt)]
+    def write_empty(_, n):
+        return [
+            write_shard(directory, naming.path(destination, 0, 1), [], fmt)
+            for destination in naming.required(n)
+            if destination not in n
+        ]
 
     empty = (
-        pages_by_split.pipeline
-        | "SplitNames" >> beam.Create(list(splits))
-        | "WriteEmptySplits" >> beam.FlatMap(write_empty, n=shards_side)
+        pages_by_destination.pipeline
+        | "Once" >> beam.Create([None])
+        | "WriteEmptyDestinations" >> beam.FlatMap(write_empty, n=shards_side)
     )
     return (written, empty) | "AllFiles" >> beam.Flatten()
