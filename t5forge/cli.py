@@ -118,6 +118,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run_build_c4)
 
     p = sub.add_parser(
+        "build-mc4",
+        help="build an mC4 (multilingual) corpus from WET files with TFDS's exact rules",
+        description="Build an mC4-style corpus: per-language train/validation shards in "
+        "DIR/<language>/<split>/, cld3 language id, per-language bad words, stats.json with "
+        "pages, bytes and mixing rates per language.",
+    )
+    _add_corpus_input_args(p)
+    p.add_argument("--output", metavar="DIR", required=True, help="output directory")
+    p.add_argument(
+        "--languages",
+        default="all",
+        metavar="all|CODE,...",
+        help="cld3 codes to keep (default: all 107 mC4 codes); und is always kept",
+    )
+    p.add_argument(
+        "--min-probability",
+        type=float,
+        default=0.95,
+        help="cld3 probability below which a page is 'und' (default 0.95)",
+    )
+    p.add_argument("--format", default="tfrecord", choices=["tfrecord", "jsonl"])
+    bad = p.add_mutually_exclusive_group()
+    bad.add_argument(
+        "--badwords",
+        metavar="DIR",
+        help="a directory of per-language bad-words files (default: the pinned LDNOOBW lists, "
+        "downloaded once and cached)",
+    )
+    bad.add_argument("--no-badwords", action="store_true", help="skip the bad-words filter")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1 / 0.3,
+        help="temperature of the sampling rates in stats.json (default 1/0.3, as mT5)",
+    )
+    p.add_argument(
+        "--unimax-budget-bytes",
+        type=float,
+        metavar="BYTES",
+        help="UniMax budget: the bytes training will read (default: all train bytes)",
+    )
+    p.add_argument(
+        "--unimax-max-epochs",
+        type=float,
+        default=1.0,
+        help="UniMax: most passes over any language (default 1)",
+    )
+    _add_runner_args(p)
+    p.set_defaults(handler=_run_build_mc4)
+
+    p = sub.add_parser(
         "report",
         help="print a corpus's statistics and write report.html",
         description="Read DIR/stats.json, print the per-rule table and write "
@@ -146,6 +197,12 @@ def _resolve_inputs(args) -> tuple[list[str], bool]:
     if args.max_files:
         paths = paths[: args.max_files]
     return paths, False
+
+
+def _require_inputs(args) -> list[str]:
+    if not (args.input or args.input_list or args.cc_version):
+        raise UsageError("give the WET files with --input, --input-list or --cc-version")
+    return _resolve_inputs(args)[0]
 
 
 def _input_bytes(paths: list[str]) -> int | None:
@@ -253,6 +310,79 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
     report_path = report.write_report(output)
     print(report.format_table(stats))
     print(f"corpus: {os.path.abspath(output)}\nreport: {os.path.abspath(report_path)}")
+    return 0
+
+
+def _load_mc4_badwords(args):
+    from t5forge.beam_jobs import badwords
+
+    if args.no_badwords:
+        return None, "off"
+    if args.badwords:
+        if not os.path.isdir(args.badwords):
+            raise UsageError(
+                f"--badwords {args.badwords}: expected a directory of per-language files"
+            )
+        return badwords.load_badwords(args.badwords), f"directory {args.badwords}"
+    try:
+        words = badwords.fetch_badwords(badwords.default_cache_dir())
+    except OSError as e:
+        raise UsageError(str(e)) from e
+    return words, (f"LDNOOBW @{badwords.MULTILINGUAL_COMMIT[:8]} (en @{badwords.EN_COMMIT[:8]})")
+
+
+def _run_build_mc4(args, beam_args: list[str]) -> int:
+    from t5forge.beam_jobs import job, mc4, report
+    from t5forge.beam_jobs.cld3 import MC4_LANGUAGES
+
+    paths = _require_inputs(args)
+    languages = (
+        tuple(MC4_LANGUAGES)
+        if args.languages == "all"
+        else tuple(code.strip() for code in args.languages.split(",") if code.strip())
+    )
+    config = mc4.MC4Config(
+        languages=languages,
+        min_probability=args.min_probability,
+        output_format=args.format,
+        shard_bytes=args.shard_size_mb << 20,
+    )
+    words, badwords_source = _load_mc4_badwords(args)
+    config.badwords = {k: sorted(v) for k, v in words.items()} if words else None
+    print(
+        f"build-mc4: {len(paths)} WET file(s) -> {args.output} ({len(languages)} languages "
+        f"+ und, {args.format})",
+        file=sys.stderr,
+    )
+    stats = job.run_job(
+        build=lambda pipeline, tmp, progress: mc4.build_mc4(
+            pipeline, paths, config, tmp, args.download_dir, progress
+        ),
+        output_dir=args.output,
+        overwrite=args.overwrite,
+        own_files=mc4.is_output_file,
+        beam_args=beam_args,
+        workers=args.workers,
+        describe={
+            "job": "build-mc4",
+            "format": args.format,
+            "languages_requested": "all" if args.languages == "all" else list(languages),
+            "min_probability": args.min_probability,
+            "badwords": badwords_source,
+            "inputs": paths if len(paths) <= 100 else paths[:100] + ["..."],
+            "num_input_files": len(paths),
+        },
+        splits=None,
+        funnel=mc4.funnel,
+        input_bytes=_input_bytes(paths),
+        total_files=len(paths),
+        summarize=lambda counters: mc4.language_summary(
+            counters, args.temperature, args.unimax_budget_bytes, args.unimax_max_epochs
+        ),
+    )
+    report_path = report.write_report(args.output)
+    print(report.format_table(stats))
+    print(f"corpus: {os.path.abspath(args.output)}\nreport: {os.path.abspath(report_path)}")
     return 0
 
 

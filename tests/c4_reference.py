@@ -63,3 +63,44 @@ def run_tfds_c4(paths, output_prefix, count_sentences, badwords=None, clean=True
                 | f"emit_{split}" >> beam.Map(emit, split=split)
                 | f"write_{split}" >> beam.io.WriteToText(f"{output_prefix}-{split}")
             )
+
+
+def run_tfds_mc4(paths, output_prefix, badwords=None, languages=None):
+    """TFDS's multilingual graph in-process; JSON lines with the language and split."""
+    from tensorflow_datasets.text import c4, c4_utils
+
+    languages = languages or c4.MC4_LANGUAGES
+
+    def emit(page):
+        split = (
+            "validation"
+            if c4_utils.get_hashed_url_filter_fn(lambda x: x % 1000 == 0)(page)
+            else "train"
+        )
+        return json.dumps(
+            {
+                "language": page.language,
+                "split": split,
+                "url": page.url,
+                "text": page.text,
+                "timestamp": page.timestamp,
+            },
+            sort_keys=True,
+        )
+
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        pages = (
+            p
+            | beam.Create(paths)
+            | beam.FlatMap(c4_utils.split_wet_file)
+            | beam.Filter(c4_utils.is_valid_length)
+            | "normalize_url" >> beam.Map(lambda p: (p.normalized_url, p))
+            | "select_newest" >> beam.CombinePerKey(c4_utils.select_newest_page)
+            | beam.Values()
+            | beam.Filter(c4_utils.paragraph_filter)
+        )
+        pages = c4_utils.remove_duplicate_text(pages, min_num_sentences=0)
+        pages = c4_utils.detect_languages(pages, valid_languages=languages)
+        if badwords is not None:
+            pages |= beam.Filter(c4_utils.get_badwords_filter_fn(badwords, filter_fraction=0.999))
+        _ = pages | beam.Map(emit) | beam.io.WriteToText(output_prefix)

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,15 +65,67 @@ STATS = {
 }
 
 
+def _language(train_pages: int, validation_pages: int, train_bytes: int) -> dict:
+    return {
+        "train_pages": train_pages,
+        "validation_pages": validation_pages,
+        "train_bytes": train_bytes,
+        "validation_bytes": 10_000 * validation_pages,
+    }
+
+
+MC4_STATS = {
+    "job": "build-mc4",
+    "funnel": [{"step": "WET records read", "pages": 1000}, {"step": "written", "pages": 900}],
+    "counters": {"clean-page": {"filtered:too_few_lines": 100}},
+    "splits": {
+        f"{code}/{split}": {"pages": 1, "bytes": 1, "length_histogram": _histogram({40: 1})}
+        for code in ("de", "en", "sw", "und")
+        for split in ("train", "validation")
+    },
+    "languages": {
+        "de": _language(120, 1, 2_345_678),
+        "en": _language(700, 7, 9_000_000),
+        "sw": _language(30, 0, 250_000),
+        "und": _language(28, 0, 100_000),
+    },
+    "und_share": 0.031,
+    "mixing_rates": {
+        "temperature": {
+            "temperature": 3.3333,
+            "basis": "train pages",
+            "rates": {"en": 0.5, "de": 0.3, "sw": 0.2},
+        },
+        "unimax": {
+            "budget_bytes": 123456789,
+            "max_epochs": 1,
+            "basis": "train bytes",
+            "rates": {"en": 0.45678, "de": 0.44322, "sw": 0.1},
+        },
+    },
+}
+
+
 def _write_stats(directory, stats) -> str:
     (directory / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
     return str(directory)
+
+
+def _report(directory, stats) -> str:
+    """Write ``stats`` to ``directory``, render the report and return the HTML page."""
+    return Path(write_report(_write_stats(directory, stats))).read_text(encoding="utf-8")
 
 
 def _row(text: str, first_cell: str) -> list[str]:
     """The whitespace-separated cells after ``first_cell`` on the line starting with it."""
     line = next(ln for ln in text.splitlines() if ln.startswith(first_cell + "  "))
     return line[len(first_cell) :].split()
+
+
+def _line_index(text: str, first_cell: str) -> int:
+    """Index of the table line starting with ``first_cell``."""
+    lines = text.splitlines()
+    return next(i for i, ln in enumerate(lines) if ln.startswith(first_cell + "  "))
 
 
 def test_format_table_funnel_numbers_and_removed_counts():
@@ -153,3 +206,79 @@ def test_import_does_not_load_matplotlib():
     code = "import sys, t5forge.beam_jobs.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _png_height(data: bytes) -> int:
+    """Pixel height from a PNG's IHDR chunk."""
+    return int.from_bytes(data[20:24], "big")
+
+
+def _language_png(page: str) -> bytes:
+    """The decoded language figure of a report page (checked to be a PNG)."""
+    match = re.search(r'alt="languages" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert match, "no language figure"
+    data = base64.b64decode(match.group(1), validate=True)
+    assert data.startswith(PNG_SIGNATURE)
+    return data
+
+
+def test_format_table_language_rows_sorted_with_rates():
+    text = format_table(MC4_STATS)
+    assert "Languages written" in text and "Splits written" not in text
+    assert "de/train" not in text
+    assert _row(text, "en") == ["700", "7", "9.07", "50.00%", "45.68%"]
+    assert _row(text, "de") == ["120", "1", "2.36", "30.00%", "44.32%"]
+    assert _row(text, "sw") == ["30", "0", "0.25", "20.00%", "10.00%"]
+    assert _row(text, "und") == ["28", "0", "0.10", "-", "-"]
+    order = [_line_index(text, code) for code in ("en", "de", "sw", "und")]
+    assert order == sorted(order)  # by train pages, largest first
+    assert "und share: 3.10% of written pages" in text
+
+
+def test_language_rates_dash_without_mixing_rates_and_zero_pages(tmp_path):
+    stats = copy.deepcopy(MC4_STATS)
+    del stats["mixing_rates"]
+    stats["und_share"] = 0.0
+    stats["languages"]["xx"] = _language(0, 0, 0)
+    text = format_table(stats)
+    assert _row(text, "de") == ["120", "1", "2.36", "-", "-"]
+    assert _row(text, "xx") == ["0", "0", "0.00", "-", "-"]
+    assert _line_index(text, "und") < _line_index(text, "xx")
+    assert "und share: 0.00% of written pages" in text
+    page = _report(tmp_path, stats)
+    _language_png(page)
+    assert "xx" in page
+
+
+def test_write_report_language_figure_table_and_und_share(tmp_path):
+    page = _report(tmp_path, MC4_STATS)
+    _language_png(page)
+    # Eight "<language>/<split>" splits: too many for per-split length histograms.
+    assert page.count("data:image/png;base64,") == 2  # funnel + languages
+    assert "de/train" not in page and "Splits written" not in page
+    assert "Languages written" in page and "44.32%" in page and "9.07" in page
+    assert "und share: 3.10% of written pages" in page
+    # The structured keys get their own table, not a JSON dump in the settings.
+    assert "budget_bytes" not in page
+
+
+def test_language_figure_grows_with_language_count(tmp_path):
+    many = copy.deepcopy(MC4_STATS)
+    many["languages"] = {f"l{i:03d}": _language(10 * i, 1, 1000 * i) for i in range(107)}
+    many["languages"]["und"] = _language(5, 0, 100)
+    heights = []
+    for name, stats in (("few", MC4_STATS), ("many", many)):
+        (tmp_path / name).mkdir()
+        heights.append(_png_height(_language_png(_report(tmp_path / name, stats))))
+    few_height, many_height = heights
+    assert many_height > 15 * 108  # at least ~15 pixels per language label
+    assert few_height < many_height / 5
+
+
+def test_c4_stats_keep_split_sections(tmp_path):
+    text = format_table(STATS)
+    assert "Splits written" in text and "Languages written" not in text
+    assert "und share" not in text
+    page = _report(tmp_path, STATS)
+    assert "Splits written" in page and 'alt="languages"' not in page
+    assert 'alt="train lengths"' in page and 'alt="validation lengths"' in page

@@ -25,6 +25,12 @@ LDNOOBW_URL = (
     "https://raw.githubusercontent.com/LDNOOBW/"
     "List-of-Dirty-Naughty-Obscene-and-Otherwise-Bad-Words/{commit}/{lang}"
 )
+# Languages with a list (TFDS's _BADWORDS_LANGS); "fr-CA-u-sd-caqc" merges
+# into "fr"; kab and tlh are loaded but match no mC4 language.
+LIST_LANGUAGES = (
+    "ar cs da de en eo es fa fi fil fr fr-CA-u-sd-caqc hi hu it ja kab ko nl no pl pt ru sv th "
+    "tlh tr zh"
+).split()
 UNSPACED_LANGUAGES = ("ja", "th", "zh")
 # Common sub-words in unspaced languages that TFDS 3.1 allows (each alone
 # filtered more than 10% of that language's pages).
@@ -89,6 +95,24 @@ def fetch_word_list(lang: str, commit: str, cache_dir: str, url_template: str = 
         f.write(data)
     os.replace(tmp, target)
     return target
+
+
+def fetch_badwords(
+    cache_dir: str, languages=LIST_LANGUAGES, url_template: str = LDNOOBW_URL
+) -> dict[str, set[str]]:
+    """The pinned lists TFDS's mC4 uses: English @25e679f0, the others @5faf2ba4.
+
+    Lists merge by base language and TFDS 3.1's ja/zh allowlist is applied.
+    """
+    words: dict[str, set[str]] = {}
+    for lang in languages:
+        commit = EN_COMMIT if lang == "en" else MULTILINGUAL_COMMIT
+        path = fetch_word_list(lang, commit, cache_dir, url_template)
+        words.setdefault(lang.split("-")[0], set()).update(read_word_list(path))
+    for lang, allowed in ALLOWLIST.items():
+        if lang in words:
+            words[lang] -= allowed
+    return words
 
 
 def default_cache_dir() -> str:

@@ -87,8 +87,11 @@ def line_key(line: str) -> bytes:
 
 def _emit_line_owners(page: Page) -> Iterator[tuple[bytes, bytes]]:
     url_hash = md5_digest(page.url)
+    md5 = hashlib.md5
     # One claim per distinct line: repeats in a page make the same claim.
-    for key in {line_key(line) for line in page.text.split("\n")}:
+    for key in {
+        md5(line.strip().lower().encode("utf-8")).digest() for line in page.text.split("\n")
+    }:
         yield key, url_hash
 
 
@@ -101,16 +104,24 @@ def remove_lines(
     """Keeps the page's lines it won, first occurrences only; None if too little is left."""
     new_lines = []
     seen: set[bytes] = set()
+    global_duplicates = local_duplicates = 0
+    md5 = hashlib.md5
     for line in page.text.split("\n"):
-        key = line_key(line)
+        key = md5(line.strip().lower().encode("utf-8")).digest()  # line_key, inlined
         if key not in lines_to_keep:
-            counters("line-filtered:global_duplicate")
+            global_duplicates += 1
         elif key in seen:
-            counters("line-filtered:local_duplicate")
+            local_duplicates += 1
         else:
-            counters("line-passed")
             new_lines.append(line)
             seen.add(key)
+    # Counted once per page: a Beam counter update per line is costly.
+    if global_duplicates:
+        counters("line-filtered:global_duplicate", global_duplicates)
+    if local_duplicates:
+        counters("line-filtered:local_duplicate", local_duplicates)
+    if new_lines:
+        counters("line-passed", len(new_lines))
     new_text = "\n".join(new_lines)
     if not new_text:
         counters("filtered:empty")

@@ -128,9 +128,16 @@ def collect_counters(result) -> dict[str, dict[str, int]]:
     return {ns: dict(sorted(v.items())) for ns, v in sorted(counters.items())}
 
 
-def split_summary(counters: dict[str, dict[str, int]], splits: Iterable[str]) -> dict[str, Any]:
-    """Pages, bytes and the length histogram of each split, from the write counters."""
+def split_summary(
+    counters: dict[str, dict[str, int]], splits: Iterable[str] | None
+) -> dict[str, Any]:
+    """Pages, bytes and the length histogram of each split, from the write counters.
+
+    `splits` None means every destination that was written.
+    """
     write = counters.get("write", {})
+    if splits is None:
+        splits = sorted(name[: -len(":pages")] for name in write if name.endswith(":pages"))
     summary = {}
     for split in splits:
         prefix = f"{split}:length_bucket:"
@@ -191,10 +198,11 @@ def run_job(
     beam_args: Iterable[str],
     workers: int | None,
     describe: dict[str, Any],
-    splits: Iterable[str],
+    splits: Iterable[str] | None,
     funnel: Callable[[dict], list],
     input_bytes: int | None = None,
     total_files: int | None = None,
+    summarize: Callable[[dict], dict] | None = None,
 ) -> dict[str, Any]:
     """Runs a corpus pipeline end to end and writes stats.json; returns the stats.
 
@@ -203,6 +211,7 @@ def run_job(
         None); readers drop one marker file per finished input into the
         progress dir.
       total_files: the number of input files, for the local progress bar.
+      summarize: extra stats.json entries computed from the counters.
       own_files: recognises file names this job writes (old ones are replaced).
       describe: job settings recorded in stats.json.
     """
@@ -242,6 +251,8 @@ def run_job(
             "splits": split_summary(counters, splits),
         }
     )
+    if summarize:
+        stats.update(summarize(counters))
     if input_bytes:
         stats["input_mb_per_second"] = round(input_bytes / 1e6 / max(seconds, 1e-9), 3)
     with FileSystems.create(FileSystems.join(tmp_dir, STATS_FILE)) as f:

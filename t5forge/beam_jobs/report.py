@@ -15,8 +15,9 @@ import os
 import tempfile
 from typing import Any
 
-_STRUCTURED_KEYS = ("counters", "funnel", "splits")
+_STRUCTURED_KEYS = ("counters", "funnel", "splits", "languages", "mixing_rates", "und_share")
 _RULE_PREFIXES = ("filtered", "line-filtered")
+_MAX_HISTOGRAMS = 6  # more splits than this (mC4: two per language) get no length histograms
 
 
 def _funnel_rows(stats: dict) -> list[list[str]]:
@@ -50,9 +51,52 @@ def _split_rows(stats: dict) -> list[list[str]]:
     ]
 
 
+def _pages(entry: dict) -> int:
+    """Train plus validation pages of one ``languages`` entry."""
+    return entry.get("train_pages", 0) + entry.get("validation_pages", 0)
+
+
+def _bytes(entry: dict) -> int:
+    """Train plus validation bytes of one ``languages`` entry."""
+    return entry.get("train_bytes", 0) + entry.get("validation_bytes", 0)
+
+
+def _rate(stats: dict, method: str, language: str) -> str:
+    """A language's mixing rate under ``method`` as a percentage, or "-" when not recorded."""
+    rate = ((stats.get("mixing_rates") or {}).get(method) or {}).get("rates", {}).get(language)
+    return "-" if rate is None else f"{100.0 * rate:.2f}%"
+
+
+def _language_rows(stats: dict) -> list[list[str]]:
+    """Rows of (language, train pages, validation pages, MB, temperature rate, UniMax rate).
+
+    Sorted by train pages, largest first (ties by language code).
+    """
+    languages = stats.get("languages") or {}
+    order = sorted(languages, key=lambda code: (-languages[code].get("train_pages", 0), code))
+    return [
+        [
+            code,
+            f"{languages[code].get('train_pages', 0):,}",
+            f"{languages[code].get('validation_pages', 0):,}",
+            f"{_bytes(languages[code]) / 1e6:.2f}",
+            _rate(stats, "temperature", code),
+            _rate(stats, "unimax", code),
+        ]
+        for code in order
+    ]
+
+
+def _und_share(stats: dict) -> str:
+    """The share of written pages with unknown language, e.g. "3.10%"."""
+    return f"{100.0 * stats['und_share']:.2f}%"
+
+
 def _run_lines(stats: dict) -> list[str]:
-    """Run time and input throughput, where the stats record them."""
+    """und share (mC4), run time and input throughput, where the stats record them."""
     lines = []
+    if stats.get("und_share") is not None:
+        lines.append(f"und share: {_und_share(stats)} of written pages")
     if stats.get("seconds") is not None:
         lines.append(f"run time: {stats['seconds']:.1f} s")
     if stats.get("input_mb_per_second") is not None:
@@ -61,11 +105,21 @@ def _run_lines(stats: dict) -> list[str]:
 
 
 def _sections(stats: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The (title, header, rows) tables shared by the text and the HTML report."""
+    """The (title, header, rows) tables shared by the text and the HTML report.
+
+    Multilingual stats (with a "languages" key) get a per-language table instead of the long
+    list of "<language>/<split>" splits.
+    """
+    if "languages" in stats:
+        header = ["language", "train pages", "validation pages", "MB"]
+        header += ["temperature rate", "UniMax rate"]
+        written = ("Languages written", header, _language_rows(stats))
+    else:
+        written = ("Splits written", ["split", "pages", "MB"], _split_rows(stats))
     return [
         ("Funnel", ["step", "pages left", "removed", "% of read"], _funnel_rows(stats)),
         ("Filter rules", ["namespace", "rule", "count"], _rule_rows(stats)),
-        ("Splits written", ["split", "pages", "MB"], _split_rows(stats)),
+        written,
     ]
 
 
@@ -147,6 +201,37 @@ def _length_chart(name: str, split: dict) -> str:
     return _png(fig)
 
 
+def _language_chart(stats: dict) -> str:
+    """Per-language bars of pages and of MB written, side by side, largest language on top.
+
+    The height grows with the number of languages so that 100+ labels stay legible; "und"
+    (unknown language) is drawn in grey. A log axis is used so small languages stay visible.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    languages = stats.get("languages") or {}
+    order = sorted(languages, key=lambda code: (-_pages(languages[code]), code))
+    colors = ["tab:gray" if code == "und" else "tab:blue" for code in order]
+    height = 0.2 * len(order) + 1.5
+    fig, axes = plt.subplots(1, 2, sharey=True, figsize=(10, height), layout="constrained")
+    columns = [
+        ("pages (train + validation)", [_pages(languages[c]) for c in order]),
+        ("MB (train + validation)", [_bytes(languages[c]) / 1e6 for c in order]),
+    ]
+    for ax, (label, values) in zip(axes, columns, strict=True):
+        ax.barh(range(len(order)), values, color=colors)
+        if any(v > 0 for v in values):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels of 2x10^k etc. overlap
+        ax.set_xlabel(label)
+    axes[0].set_yticks(range(len(order)), order, fontsize=8)
+    axes[0].set_ylim(len(order) - 0.5, -0.5)  # first (largest) language on top
+    share = f"; und: {_und_share(stats)} of pages" if stats.get("und_share") is not None else ""
+    fig.suptitle(f"Pages and MB per language ({len(order)} languages{share})")
+    return _png(fig)
+
+
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     """An escaped HTML table; numeric columns get class "n" (right-aligned)."""
     numeric = _numeric_columns(header, rows)
@@ -177,9 +262,13 @@ def _html(stats: dict) -> str:
         parts += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
     parts += [f"<p>{html.escape(line)}</p>" for line in _run_lines(stats)]
     parts += ["<h2>Charts</h2>", f'<img alt="funnel" src="{_funnel_chart(stats)}">']
-    for name, split in (stats.get("splits") or {}).items():
-        uri = _length_chart(name, split)
-        parts.append(f'<img alt="{html.escape(name)} lengths" src="{uri}">')
+    if stats.get("languages"):
+        parts.append(f'<img alt="languages" src="{_language_chart(stats)}">')
+    splits = stats.get("splits") or {}
+    if len(splits) <= _MAX_HISTOGRAMS:
+        for name, split in splits.items():
+            uri = _length_chart(name, split)
+            parts.append(f'<img alt="{html.escape(name)} lengths" src="{uri}">')
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}.n{text-align:right}"

@@ -165,9 +165,10 @@ def _raw_lines(chunks: Iterable[bytes | _DataLost]) -> Iterator[bytes | _DataLos
         yield carry
 
 
+_DELIMITER_BYTES = _PAGE_DELIMITER.encode()
+
+
 def _is_delimiter(line: bytes) -> bool:
-    if _PAGE_DELIMITER.encode() not in line:
-        return False
     try:
         return line.decode("utf-8").strip() == _PAGE_DELIMITER
     except UnicodeDecodeError:
@@ -234,7 +235,7 @@ def parse_wet_stream(raw: BinaryIO, count: CounterFn = _ignore) -> Iterator[Page
         if line is _LOST:
             damaged = True
             continue
-        if _is_delimiter(line):
+        if _DELIMITER_BYTES in line and _is_delimiter(line):
             # TFDS does not judge the (empty) page before a first delimiter.
             if not first or record:
                 if damaged:

@@ -165,7 +165,7 @@ def write_shard(directory: str, name: str, records: Iterable[bytes], fmt: str) -
     with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if fmt == "jsonl":
             # mtime=0 keeps the gzip bytes identical from run to run.
-            with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as g:
+            with gzip.GzipFile(fileobj=f, mode="wb", mtime=0, compresslevel=6) as g:
                 for record in records:
                     g.write(record)
         else:
