@@ -109,3 +109,55 @@ def test_fetch_pinned_list_from_server(tmp_path):
             badwords.fetch_word_list("de", badwords.EN_COMMIT, str(cache), template)
     finally:
         server.server_close()
+
+
+def test_soft_filter_keeps_the_same_pages_on_every_run():
+    c4_utils = pytest.importorskip("tensorflow_datasets.text.c4_utils")
+    urls = [f"example.com/page/{i}" for i in range(20000)]
+    ours = badwords.BadwordsFilter({"de": ["scheisse"]}, filter_fraction=0.999)
+    ref = c4_utils.get_badwords_filter_fn({"de": ["scheisse"]}, filter_fraction=0.999)
+    kept = [u for u in urls if ours.check("so eine scheisse hier", "de", u) == "soft-passed"]
+    again = [u for u in urls if ours.check("so eine scheisse hier", "de", u) == "soft-passed"]
+    tfds_kept = [
+        u
+        for u in urls
+        if ref(c4_utils.PageFeatures(text="so eine scheisse hier", language="de", normalized_url=u))
+    ]
+    assert kept == again == tfds_kept
+    assert 5 <= len(kept) <= 45  # about 0.1% of 20,000
+    # Region and script suffixes use the base language's list.
+    assert ours.check("so eine scheisse hier", "de-Latn", urls[0]) in ("filtered", "soft-passed")
+    assert ours.check("so eine scheisse hier", "und", urls[0]) == "passed"
+
+
+def test_fetch_all_pinned_lists(tmp_path):
+    for commit, langs in (
+        (badwords.EN_COMMIT, ["en"]),
+        (badwords.MULTILINGUAL_COMMIT, ["ja", "fr", "fr-CA-u-sd-caqc"]),
+    ):
+        for lang in langs:
+            d = tmp_path / "srv" / commit
+            d.mkdir(parents=True, exist_ok=True)
+            (d / lang).write_text(
+                {
+                    "en": "bad\n",
+                    "ja": "sm\nエロ\n",
+                    "fr": "merde\n",
+                    "fr-CA-u-sd-caqc": "tabarnak\n",
+                }[lang]
+            )
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv")
+    )
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        template = f"http://127.0.0.1:{server.server_address[1]}/{{commit}}/{{lang}}"
+        words = badwords.fetch_badwords(
+            str(tmp_path / "cache"), ["en", "ja", "fr", "fr-CA-u-sd-caqc"], template
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert words == {"en": {"bad"}, "ja": {"エロ"}, "fr": {"merde", "tabarnak"}}

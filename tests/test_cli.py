@@ -195,3 +195,68 @@ def test_report_command(tmp_path, extra):
     assert result.returncode == 0
     assert (out / "report.html").exists()
     assert "line-filtered:no_endmark" in result.stdout
+
+
+def test_build_mc4_cli(tmp_path):
+    from conftest import DEBIAN_WET
+
+    if not os.path.exists(DEBIAN_WET):
+        pytest.skip("shared data missing")
+    assert_usage_error(run(["build-mc4", "--output", "o"], tmp_path), "--input")
+    assert_usage_error(
+        run(
+            ["build-mc4", "--input", DEBIAN_WET, "--output", "o", "--languages", "de,klingon"],
+            tmp_path,
+        ),
+        "klingon",
+    )
+    assert_usage_error(
+        run(
+            ["build-mc4", "--input", DEBIAN_WET, "--output", "o", "--badwords", DEBIAN_WET],
+            tmp_path,
+        ),
+        "directory",
+    )
+    assert not (tmp_path / "o").exists()
+    result = run(
+        [
+            "build-mc4",
+            "--input",
+            DEBIAN_WET,
+            "--output",
+            "o",
+            "--no-badwords",
+            "--format",
+            "jsonl",
+            "--workers",
+            "1",
+            "--unimax-budget-bytes",
+            "1000000",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert stats["mixing_rates"]["unimax"]["budget_bytes"] == 1_000_000
+    assert (tmp_path / "o" / "de" / "train" / "c4-de-train.00000-of-00001.json.gz").exists()
+    assert "und share" in result.stdout
+    assert (tmp_path / "o" / "report.html").exists()
+    # Overwrite replaces the language directories.
+    result = run(
+        [
+            "build-mc4",
+            "--input",
+            DEBIAN_WET,
+            "--output",
+            "o",
+            "--no-badwords",
+            "--languages",
+            "ja",
+            "--workers",
+            "1",
+            "--overwrite",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir()) == ["ja", "und"]

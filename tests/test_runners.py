@@ -77,3 +77,27 @@ def test_local_runner_is_the_multiprocess_default():
     flink = job.pipeline_options(["--runner=FlinkRunner", "--flink_master=host:8081"], workers=3)
     assert flink.view_as(StandardOptions).runner == "FlinkRunner"
     assert flink.get_all_options()["flink_master"] == "host:8081"
+
+
+def test_mc4_graph_has_one_write_for_all_languages():
+    import apache_beam as beam
+
+    from t5forge.beam_jobs import mc4
+
+    sizes = []
+    for languages in (("de",), tuple(mc4.MC4_LANGUAGES)):
+        options = job.pipeline_options(DATAFLOW_FLAGS, workers=None)
+        pipeline = beam.Pipeline(options=options)
+        mc4.build_mc4(
+            pipeline,
+            ["gs://my-bucket/wet/a.warc.wet.gz"],
+            mc4.MC4Config(languages=languages, badwords={"de": ["x"]}),
+            "gs://my-bucket/out",
+        )
+        dataflow_job = pipeline.run().job
+        names = transform_names(dataflow_job)
+        assert sum(1 for n in names if n.endswith("WriteShard")) == 1
+        sizes.append(len(dataflow_job.proto_pipeline.SerializeToString()))
+    # 107 languages cost (almost) nothing more than one: no branch per language.
+    assert sizes[1] < sizes[0] + 5_000
+    assert sizes[1] < 200_000
