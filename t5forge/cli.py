@@ -8,6 +8,7 @@ one-line message and exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -167,6 +168,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runner_args(p)
     p.set_defaults(handler=_run_build_mc4)
+
+    p = sub.add_parser(
+        "train-spm",
+        help="train a SentencePiece vocabulary with T5's id layout on a corpus",
+        description="Train a SentencePiece model on build-c4/build-mc4 output or plain text "
+        "(pad 0, eos 1, unk 2, no bos), sampling sentences reproducibly; mC4 directories are "
+        "sampled by language with temperature, as mT5 did. Writes PREFIX.model, PREFIX.vocab "
+        "and PREFIX.settings.json.",
+    )
+    p.add_argument(
+        "--input",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="CORPUS",
+        help="corpus directories or files (TFRecord, JSON lines, plain text)",
+    )
+    p.add_argument("--output", required=True, metavar="PREFIX")
+    p.add_argument("--vocab-size", type=int, required=True, metavar="N")
+    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    p.add_argument("--character-coverage", type=float, metavar="F")
+    p.add_argument("--byte-fallback", action="store_true")
+    p.add_argument(
+        "--extra-ids",
+        type=int,
+        default=100,
+        metavar="N",
+        help="sentinels seqio appends when loading the model (default 100)",
+    )
+    p.add_argument("--sample-sentences", type=int, default=1_000_000, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1 / 0.3,
+        help="language sampling temperature for mC4 directories (default 1/0.3)",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_run_train_spm)
+
+    p = sub.add_parser(
+        "tokenize",
+        help="encode corpus files into token-id shards readable with numpy alone",
+        description="Encode every document of the inputs into DIR/NNNNN.tokens.npy + "
+        "NNNNN.offsets.npy shards (one per input file) and DIR/manifest.json. With --decode, "
+        "turn such a directory back into JSON lines.",
+    )
+    p.add_argument(
+        "--vocab",
+        required=True,
+        metavar="SPEC",
+        help="'byte', 'byte:N', 'PATH.model' or 'PATH.model:EXTRA_IDS'",
+    )
+    p.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N")
+    p.add_argument(
+        "--format",
+        default="npy",
+        choices=["npy"],
+        help="token shard format (numpy .npy arrays, memory-mappable)",
+    )
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="decode a tokenized directory (--input) back to JSON lines",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_run_tokenize)
+
+    p = sub.add_parser(
+        "inspect",
+        help="show how a vocabulary tokenizes some text",
+        description="Print pieces, ids, sentinel names and the round trip of each TEXT.",
+    )
+    p.add_argument("--vocab", required=True, metavar="SPEC")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.set_defaults(handler=_run_inspect)
 
     p = sub.add_parser(
         "report",
@@ -399,6 +478,97 @@ def _check_sentence_splitter(name: str) -> None:
             message = caught[0].message if caught else "punkt runs without English parameters"
             print(f"warning: {message}", file=sys.stderr)
             os.environ[sentences.PUNKT_WARNED_ENV] = "1"
+
+
+def _no_extra_args(beam_args: list[str]) -> None:
+    if beam_args:
+        raise UsageError(f"unknown arguments: {' '.join(beam_args)}")
+
+
+def _run_train_spm(args, extra: list[str]) -> int:
+    from t5forge.vocabularies.train import train_sentencepiece
+
+    _no_extra_args(extra)
+    settings = train_sentencepiece(
+        args.input,
+        args.output,
+        args.vocab_size,
+        model_type=args.model_type,
+        character_coverage=args.character_coverage,
+        byte_fallback=args.byte_fallback,
+        extra_ids=args.extra_ids,
+        sample_sentences=args.sample_sentences,
+        seed=args.seed,
+        temperature=args.temperature,
+        overwrite=args.overwrite,
+    )
+    print(
+        json.dumps(
+            {k: settings[k] for k in settings if k != "trainer_args"}, indent=2, ensure_ascii=False
+        )[:4000]
+    )
+    print(
+        f"model: {os.path.abspath(args.output)}.model (+ .vocab, .settings.json); "
+        f"use --vocab {args.output}.model"
+    )
+    return 0
+
+
+def _run_tokenize(args, extra: list[str]) -> int:
+    from t5forge.vocabularies import tokenize
+
+    _no_extra_args(extra)
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.decode:
+        if len(args.input) != 1:
+            raise UsageError("--decode takes one tokenized directory as --input")
+        result = tokenize.decode_corpus(args.vocab, args.input[0], args.output, args.overwrite)
+        print(
+            f"decoded {result['documents']} documents from {result['shards']} shard(s) "
+            f"into {args.output}"
+        )
+        return 0
+    manifest = tokenize.tokenize_corpus(
+        args.vocab, args.input, args.output, workers=args.workers, overwrite=args.overwrite
+    )
+    print(
+        f"tokenized {manifest['documents']:,} documents, {manifest['tokens']:,} tokens, "
+        f"{manifest['text_bytes'] / 1e6:.1f} MB of text in {manifest['seconds']:.1f} s "
+        f"({manifest['mb_per_second']:.2f} MB/s, {args.workers} worker(s)) -> {args.output}"
+    )
+    return 0
+
+
+def _run_inspect(args, extra: list[str]) -> int:
+    from t5forge.vocabularies import Tokenizer, num_sentinels, sentinel_id
+
+    _no_extra_args(extra)
+    tokenizer = Tokenizer(args.vocab)
+    sentinels = num_sentinels(tokenizer)
+    print(
+        f"vocab {tokenizer.spec}: size {tokenizer.vocab_size}, pad 0, eos 1, unk 2, "
+        f"{sentinels} sentinel(s)"
+        + (
+            f": <extra_id_0> = {sentinel_id(tokenizer, 0)} ... <extra_id_{sentinels - 1}> = "
+            f"{sentinel_id(tokenizer, sentinels - 1)}"
+            if sentinels
+            else ""
+        )
+    )
+    top = tokenizer.vocab_size - 1
+    for text in args.texts:
+        ids = tokenizer.encode(text)
+        pieces = [tokenizer.id_to_piece(i) for i in ids]
+        names = [f"{i}=<extra_id_{top - i}>" for i in ids if top - i < sentinels]
+        decoded = tokenizer.decode(ids)
+        print(f"\ntext:    {text!r}")
+        print(f"ids:     {list(map(int, ids))}")
+        print(f"pieces:  {pieces}")
+        if names:
+            print(f"sentinels: {', '.join(names)}")
+        print(f"decoded: {decoded!r} ({'exact round trip' if decoded == text else 'normalized'})")
+    return 0
 
 
 def _run_report(args, beam_args: list[str]) -> int:

@@ -1,0 +1,179 @@
+"""Reading corpus documents without TensorFlow.
+
+Understands what `build-c4` / `build-mc4` write (TFRecord files of tf.Example
+with a "text" feature; gzipped JSON lines with a "text" field) and plain text
+(UTF-8, one document per line). A directory means every corpus file under it.
+Damaged input raises `CorpusError` naming the file, never yields garbage.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+
+import google_crc32c
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be read as what its name says it is."""
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def iter_tfrecords(path: str) -> Iterator[bytes]:
+    """The records of a TFRecord file, with both CRCs checked."""
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise CorpusError(f"{path}: truncated TFRecord header")
+            length, length_crc = struct.unpack("<QI", header)
+            if _masked_crc(header[:8]) != length_crc:
+                raise CorpusError(f"{path}: corrupt TFRecord (length checksum)")
+            data = f.read(length)
+            footer = f.read(4)
+            if len(data) < length or len(footer) < 4:
+                raise CorpusError(f"{path}: truncated TFRecord")
+            if _masked_crc(data) != struct.unpack("<I", footer)[0]:
+                raise CorpusError(f"{path}: corrupt TFRecord (data checksum)")
+            yield data
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(field number, payload) of the length-delimited fields of a protobuf message."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 2:
+            size, pos = _varint(buf, pos)
+            yield key >> 3, buf[pos : pos + size]
+            pos += size
+        elif wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def example_bytes_feature(example: bytes, name: str) -> bytes | None:
+    """The first bytes value of feature `name` in a serialized tf.train.Example."""
+    target = name.encode("utf-8")
+    for number, features in _fields(example):
+        if number != 1:
+            continue
+        for entry_number, entry in _fields(features):
+            if entry_number != 1:
+                continue
+            key = value = None
+            for field, payload in _fields(entry):
+                if field == 1:
+                    key = payload
+                elif field == 2:
+                    value = payload
+            if key != target or value is None:
+                continue
+            for kind, bytes_list in _fields(value):
+                if kind == 1:  # Feature.bytes_list
+                    for item_field, item in _fields(bytes_list):
+                        if item_field == 1:
+                            return item
+            return None
+    return None
+
+
+def corpus_files(path: str) -> list[str]:
+    """The corpus files named by `path` (a file, or every corpus file under a directory)."""
+    if os.path.isdir(path):
+        found = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                if name.startswith(".") or name in ("stats.json", "report.html", "manifest.json"):
+                    continue
+                found.append(os.path.join(root, name))
+        if not found:
+            raise CorpusError(f"{path}: directory holds no corpus files")
+        return found
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return [path]
+
+
+def file_format(path: str) -> str:
+    """ "tfrecord", "jsonl" or "text", from the file name."""
+    name = os.path.basename(path)
+    if ".tfrecord" in name:
+        return "tfrecord"
+    if name.endswith((".json.gz", ".jsonl.gz", ".jsonl", ".json")):
+        return "jsonl"
+    return "text"
+
+
+def _open_text(path: str):
+    raw = open(path, "rb")
+    if raw.read(2) == b"\x1f\x8b":
+        raw.seek(0)
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")
+    raw.seek(0)
+    return io.TextIOWrapper(raw, encoding="utf-8")
+
+
+def iter_documents(path: str, field: str = "text") -> Iterator[str]:
+    """The documents of one corpus file, in file order."""
+    kind = file_format(path)
+    try:
+        if kind == "tfrecord":
+            for record in iter_tfrecords(path):
+                value = example_bytes_feature(record, field)
+                if value is None:
+                    raise CorpusError(f"{path}: a record has no {field!r} feature")
+                yield value.decode("utf-8")
+            return
+        with _open_text(path) as f:
+            for number, line in enumerate(f, 1):
+                if kind == "jsonl":
+                    if not line.strip():
+                        continue
+                    try:
+                        yield json.loads(line)[field]
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise CorpusError(
+                            f"{path}:{number}: not a JSON object with {field!r}"
+                        ) from e
+                else:
+                    line = line.rstrip("\n")
+                    if line:
+                        yield line
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CorpusError(f"{path}: corrupt gzip data ({e})") from e
+    except (ValueError, IndexError) as e:
+        if isinstance(e, CorpusError):
+            raise
+        raise CorpusError(f"{path}: corrupt record ({e})") from e
