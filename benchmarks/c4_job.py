@@ -13,8 +13,6 @@ wall time, pipeline start-up included.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import sys
 import tempfile
@@ -42,7 +40,8 @@ def main() -> int:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
 
     from c4_reference import run_tfds_c4
-    from test_c4_job import read_tfrecord_corpus
+    from job_table import print_job_table
+    from test_c4_job import read_reference, read_tfrecord_corpus
 
     from t5forge.beam_jobs import c4, job, sentences
 
@@ -61,20 +60,7 @@ def main() -> int:
         badwords={"en": set(BADWORDS)},
     )
     t_tfds = time.perf_counter() - start
-    expected = set()
-    for path in glob.glob(os.path.join(tmp, "tfds-*")):
-        for line in open(path, encoding="utf-8"):
-            r = json.loads(line)
-            expected.add(
-                (
-                    r["split"],
-                    r["url"],
-                    r["text"],
-                    r["timestamp"],
-                    r["content-type"],
-                    r["content-length"],
-                )
-            )
+    expected = read_reference(os.path.join(tmp, "tfds"))
 
     rows = [("TFDS graph, DirectRunner in-process", t_tfds, len(expected), "reference")]
     for workers in sorted({1, args.workers}):
@@ -103,12 +89,7 @@ def main() -> int:
             )
         )
 
-    print(f"\n{'job':<40}{'seconds':>9}{'MB/s':>8}{'vs TFDS':>9}{'pages':>7}  output")
-    for label, seconds, pages, same in rows:
-        print(
-            f"{label:<40}{seconds:>9.1f}{mb / seconds:>8.3f}{t_tfds / seconds:>8.2f}x"
-            f"{pages:>7}  {same}"
-        )
+    print_job_table(rows, mb)
     return 0
 
 

@@ -43,6 +43,7 @@ def main() -> int:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
 
     from c4_reference import run_tfds_mc4
+    from job_table import print_job_table
     from test_mc4_job import read_reference, read_tfrecord_corpus
 
     from t5forge.beam_jobs import job, mc4
@@ -86,12 +87,7 @@ def main() -> int:
             )
         )
 
-    print(f"\n{'job':<40}{'seconds':>9}{'MB/s':>8}{'vs TFDS':>9}{'pages':>7}  output")
-    for label, seconds, pages, same in rows:
-        print(
-            f"{label:<40}{seconds:>9.1f}{mb / seconds:>8.3f}{t_tfds / seconds:>8.2f}x"
-            f"{pages:>7}  {same}"
-        )
+    print_job_table(rows, mb)
     return 0
 
 

@@ -12,6 +12,21 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 
+def _newest_valid_pages(pipeline, paths):
+    """TFDS's common start: split WET files, length filter, newest page per URL."""
+    from tensorflow_datasets.text import c4_utils
+
+    return (
+        pipeline
+        | beam.Create(paths)
+        | beam.FlatMap(c4_utils.split_wet_file)
+        | beam.Filter(c4_utils.is_valid_length)
+        | "normalize_url" >> beam.Map(lambda p: (p.normalized_url, p))
+        | "select_newest" >> beam.CombinePerKey(c4_utils.select_newest_page)
+        | beam.Values()
+    )
+
+
 def run_tfds_c4(paths, output_prefix, count_sentences, badwords=None, clean=True, dedupe=True):
     """Runs TFDS's C4 graph in-process; writes JSON lines `output_prefix`-<split>-*."""
     from tensorflow_datasets.text import c4_utils
@@ -33,15 +48,7 @@ def run_tfds_c4(paths, output_prefix, count_sentences, badwords=None, clean=True
         )
 
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        pages = (
-            p
-            | beam.Create(paths)
-            | beam.FlatMap(c4_utils.split_wet_file)
-            | beam.Filter(c4_utils.is_valid_length)
-            | "normalize_url" >> beam.Map(lambda p: (p.normalized_url, p))
-            | "select_newest" >> beam.CombinePerKey(c4_utils.select_newest_page)
-            | beam.Values()
-        )
+        pages = _newest_valid_pages(p, paths)
         if clean:
             pages |= "clean_pages" >> beam.FlatMap(c4_utils.get_clean_page_fn())
         if dedupe:
@@ -89,16 +96,7 @@ def run_tfds_mc4(paths, output_prefix, badwords=None, languages=None):
         )
 
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        pages = (
-            p
-            | beam.Create(paths)
-            | beam.FlatMap(c4_utils.split_wet_file)
-            | beam.Filter(c4_utils.is_valid_length)
-            | "normalize_url" >> beam.Map(lambda p: (p.normalized_url, p))
-            | "select_newest" >> beam.CombinePerKey(c4_utils.select_newest_page)
-            | beam.Values()
-            | beam.Filter(c4_utils.paragraph_filter)
-        )
+        pages = _newest_valid_pages(p, paths) | beam.Filter(c4_utils.paragraph_filter)
         pages = c4_utils.remove_duplicate_text(pages, min_num_sentences=0)
         pages = c4_utils.detect_languages(pages, valid_languages=languages)
         if badwords is not None:

@@ -21,3 +21,39 @@ def python_docs_pages():
 
     path = PYTHON_DOCS_WET if os.path.exists(PYTHON_DOCS_WET) else DEMO_WET
     return list(wet.read_wet_file(path))
+
+
+class LocalServer:
+    """A static HTTP server on 127.0.0.1 (stands in for GitHub / Common Crawl)."""
+
+    def __init__(self, directory):
+        import functools
+        import http.server
+        import threading
+
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+        handler.log_message = lambda *a: None
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+
+    def stop(self):
+        """Stops serving and closes the port (later requests are refused at once)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def serve_directory():
+    """serve_directory(path) -> a running LocalServer; stopped after the test."""
+    servers = []
+
+    def start(directory):
+        servers.append(LocalServer(directory))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

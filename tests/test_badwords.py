@@ -1,9 +1,5 @@
 """The bad-words filter against TFDS's regexes, soft filtering, and list fetching."""
 
-import functools
-import http.server
-import threading
-
 import pytest
 from conftest import DEMO_WET
 
@@ -86,29 +82,20 @@ def test_load_file_and_directory(tmp_path):
         badwords.load_badwords(str(tmp_path / "bin"))
 
 
-def test_fetch_pinned_list_from_server(tmp_path):
+def test_fetch_pinned_list_from_server(tmp_path, serve_directory):
     served = tmp_path / "srv" / badwords.EN_COMMIT
     served.mkdir(parents=True)
     (served / "en").write_text("alpha\nbeta\n")
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv")
-    )
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        template = f"http://127.0.0.1:{server.server_address[1]}/{{commit}}/{{lang}}"
-        cache = tmp_path / "cache"
-        path = badwords.fetch_word_list("en", badwords.EN_COMMIT, str(cache), template)
-        assert badwords.read_word_list(path) == {"alpha", "beta"}
-        server.shutdown()
-        server.server_close()
-        # Cached: no server needed the second time.
-        assert badwords.fetch_word_list("en", badwords.EN_COMMIT, str(cache), template) == path
-        with pytest.raises(OSError, match="--no-badwords"):
-            badwords.fetch_word_list("de", badwords.EN_COMMIT, str(cache), template)
-    finally:
-        server.server_close()
+    server = serve_directory(tmp_path / "srv")
+    template = server.url + "{commit}/{lang}"
+    cache = tmp_path / "cache"
+    path = badwords.fetch_word_list("en", badwords.EN_COMMIT, str(cache), template)
+    assert badwords.read_word_list(path) == {"alpha", "beta"}
+    server.stop()
+    # Cached: no server needed the second time.
+    assert badwords.fetch_word_list("en", badwords.EN_COMMIT, str(cache), template) == path
+    with pytest.raises(OSError, match="--no-badwords"):
+        badwords.fetch_word_list("de", badwords.EN_COMMIT, str(cache), template)
 
 
 def test_soft_filter_keeps_the_same_pages_on_every_run():
@@ -130,7 +117,7 @@ def test_soft_filter_keeps_the_same_pages_on_every_run():
     assert ours.check("so eine scheisse hier", "und", urls[0]) == "passed"
 
 
-def test_fetch_all_pinned_lists(tmp_path):
+def test_fetch_all_pinned_lists(tmp_path, serve_directory):
     for commit, langs in (
         (badwords.EN_COMMIT, ["en"]),
         (badwords.MULTILINGUAL_COMMIT, ["ja", "fr", "fr-CA-u-sd-caqc"]),
@@ -146,18 +133,10 @@ def test_fetch_all_pinned_lists(tmp_path):
                     "fr-CA-u-sd-caqc": "tabarnak\n",
                 }[lang]
             )
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv")
+    server = serve_directory(tmp_path / "srv")
+    words = badwords.fetch_badwords(
+        str(tmp_path / "cache"),
+        ["en", "ja", "fr", "fr-CA-u-sd-caqc"],
+        server.url + "{commit}/{lang}",
     )
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        template = f"http://127.0.0.1:{server.server_address[1]}/{{commit}}/{{lang}}"
-        words = badwords.fetch_badwords(
-            str(tmp_path / "cache"), ["en", "ja", "fr", "fr-CA-u-sd-caqc"], template
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert words == {"en": {"bad"}, "ja": {"エロ"}, "fr": {"merde", "tabarnak"}}

@@ -1,6 +1,6 @@
 import pytest
 
-from t5forge.beam_jobs import mixing
+from t5forge import mixing
 
 SIZES = {"en": 1000.0, "de": 100.0, "sw": 10.0, "yo": 1.0}
 

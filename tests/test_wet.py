@@ -172,28 +172,15 @@ def test_path_listing(tmp_path):
         wet.read_path_listing(str(tmp_path / "nope.gz"))
 
 
-def test_http_download_and_read(tmp_path):
+def test_http_download_and_read(tmp_path, serve_directory):
     """WET files and listings given as URLs are downloaded (here from a local server)."""
-    import functools
-    import http.server
-    import threading
-
     (tmp_path / "srv").mkdir()
     (tmp_path / "srv" / "f.warc.wet.gz").write_bytes(members(*valid_file()))
     (tmp_path / "srv" / "wet.paths").write_text("f.warc.wet.gz\n")
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv")
-    )
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}/"
-        paths = wet.read_path_listing(base + "wet.paths", base_url=base)
-        assert paths == [base + "f.warc.wet.gz"]
-        dl = tmp_path / "dl"
-        pages = list(wet.read_wet_file(paths[0], download_dir=str(dl)))
-        assert [p.url for p in pages] == URLS
-        assert os.listdir(dl) == []  # the download is removed after reading
-    finally:
-        server.shutdown()
+    base = serve_directory(tmp_path / "srv").url
+    paths = wet.read_path_listing(base + "wet.paths", base_url=base)
+    assert paths == [base + "f.warc.wet.gz"]
+    dl = tmp_path / "dl"
+    pages = list(wet.read_wet_file(paths[0], download_dir=str(dl)))
+    assert [p.url for p in pages] == URLS
+    assert os.listdir(dl) == []  # the download is removed after reading

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 
 import apache_beam as beam
 
-from t5forge.beam_jobs import cleaning, mixing
+from t5forge import mixing
+from t5forge.beam_jobs import cleaning
 from t5forge.beam_jobs.badwords import BadwordsFilter
 from t5forge.beam_jobs.c4 import (
     DEFAULT_SHARD_BYTES,

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from t5forge import __version__
+from t5forge import __version__, mixing
 from t5forge.vocabularies.records import CorpusError, corpus_files, iter_documents
 
 MODEL_TYPES = ("unigram", "bpe")
@@ -83,21 +83,17 @@ def language_quotas(
     "und" and languages without train pages get nothing. Quotas are rounded by
     largest remainder so that they add up to `sample_sentences` exactly.
     """
-    weights = {
-        lang: pages ** (1.0 / temperature)
-        for lang, pages in sorted(train_pages.items())
-        if lang != UNDETERMINED and pages > 0
-    }
-    total = sum(weights.values())
-    if not total:
+    pages = {lang: n for lang, n in train_pages.items() if lang != UNDETERMINED and n > 0}
+    if not pages:
         return {}
-    exact = {lang: sample_sentences * w / total for lang, w in weights.items()}
+    rates = mixing.temperature_rates(pages, temperature)
+    exact = {lang: sample_sentences * rate for lang, rate in rates.items()}
     quotas = {lang: math.floor(x) for lang, x in exact.items()}
     left = sample_sentences - sum(quotas.values())
     by_remainder = sorted(exact, key=lambda lang: (quotas[lang] - exact[lang], lang))
     for lang in by_remainder[:left]:
         quotas[lang] += 1
-    return {lang: (weights[lang] / total, quotas[lang]) for lang in weights}
+    return {lang: (rates[lang], quotas[lang]) for lang in rates}
 
 
 def _mc4_train_pages(directory: str, stats: dict) -> dict[str, int]:

@@ -1,6 +1,9 @@
 """`t5forge tokenize` throughput vs a plain single-process SentencePiece loop, one run.
 
-    python benchmarks/tokenize.py [--copies 2] [--vocab-size 8000]
+    python benchmarks/tokenize_speed.py [--copies 2] [--vocab-size 8000]
+
+(Not named tokenize.py: a script of that name shadows the standard library's
+`tokenize` module for every script in this directory.)
 
 Builds a JSON-lines corpus from the shared WET files (repeated `--copies`
 times), trains a unigram SentencePiece model on part of it, then encodes the
@@ -20,9 +23,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# This file's name shadows the standard library's `tokenize` for everything
-# imported after it; take its directory off the module path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 SHARED = os.path.join(HERE, "..", "..", "shared", "data", "wet")
 WET = [
     os.path.join(SHARED, "python-docs-3.11.warc.wet.gz"),
