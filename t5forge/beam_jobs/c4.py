@@ -102,11 +102,9 @@ class CleanPageFn(beam.DoFn):
     """C4's line and page rules, counting each reason as TFDS does."""
 
     def __init__(self, sentence_splitter: str):
-        self._splitter = sentence_splitter
+        # A SentenceCounter pickles by name and loads its tokenizer on first use.
+        self._count_sentences = sentences.get_sentence_counter(sentence_splitter)
         self._counters = Counters("clean-page")
-
-    def setup(self):
-        self._count_sentences = sentences.get_sentence_counter(self._splitter)
 
     def process(self, page: Page):
         text, counts = cleaning.clean_page_with_reasons(
@@ -122,23 +120,11 @@ class EnoughSentences:
     """Predicate for line dedup: the new page text has >= 3 sentences (whole-text count)."""
 
     def __init__(self, sentence_splitter: str, min_num_sentences: int = cleaning.MIN_NUM_SENTENCES):
-        self.sentence_splitter = sentence_splitter
+        self.counter = sentences.get_sentence_counter(sentence_splitter)
         self.min_num_sentences = min_num_sentences
-        self._counter = None
-
-    def __getstate__(self):
-        return {
-            "sentence_splitter": self.sentence_splitter,
-            "min_num_sentences": self.min_num_sentences,
-        }
-
-    def __setstate__(self, state):
-        self.__init__(**state)
 
     def __call__(self, text: str) -> bool:
-        if self._counter is None:
-            self._counter = sentences.get_sentence_counter(self.sentence_splitter)
-        return self._counter.count_up_to(text, self.min_num_sentences) >= self.min_num_sentences
+        return self.counter.count_up_to(text, self.min_num_sentences) >= self.min_num_sentences
 
 
 def _detect_english(page: Page, min_probability: float, counters: Counters):
@@ -148,7 +134,7 @@ def _detect_english(page: Page, min_probability: float, counters: Counters):
         yield dataclasses.replace(page, language="en")
 
 
-def _length_ok(page: Page, max_length: int, counters: Counters) -> bool:
+def length_ok(page: Page, max_length: int, counters: Counters) -> bool:
     ok = cleaning.is_valid_length(page.text, max_length)
     counters("passed" if ok else "filtered")
     return ok
@@ -183,7 +169,7 @@ def _tld_extractor():
     return _EXTRACTOR
 
 
-def _badwords_ok(page: Page, badwords_filter: BadwordsFilter, counters: Counters) -> bool:
+def badwords_ok(page: Page, badwords_filter: BadwordsFilter, counters: Counters) -> bool:
     outcome = badwords_filter.check(page.text, page.language or "en", page.normalized_url)
     counters(outcome)
     return outcome != "filtered"
@@ -228,7 +214,7 @@ def c4_pages(
         input_paths(pipeline, paths, staging_dir)
         | "ReadWet" >> beam.ParDo(ReadWetFn(download_dir, progress_dir))
         | "LengthFilter"
-        >> beam.Filter(_length_ok, config.max_page_length, Counters("too-long-filter"))
+        >> beam.Filter(length_ok, config.max_page_length, Counters("too-long-filter"))
     )
     if variant.realnewslike:
         pages |= "RealnewsDomains" >> beam.Filter(
@@ -245,7 +231,7 @@ def c4_pages(
     )
     if variant.badwords and config.badwords is not None:
         pages |= "Badwords" >> beam.Filter(
-            _badwords_ok,
+            badwords_ok,
             BadwordsFilter(config.badwords, config.badwords_filter_fraction),
             Counters("badwords-filter"),
         )

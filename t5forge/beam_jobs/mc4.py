@@ -22,9 +22,9 @@ from t5forge.beam_jobs.c4 import (
     DEFAULT_SHARD_BYTES,
     SPLITS,
     ReadWetFn,
-    _badwords_ok,
-    _length_ok,
+    badwords_ok,
     input_paths,
+    length_ok,
     split_of,
 )
 from t5forge.beam_jobs.cld3 import MC4_LANGUAGES, MIN_PROBABILITY, UNKNOWN_LANGUAGE
@@ -127,7 +127,7 @@ def mc4_pages(
         input_paths(pipeline, paths, staging_dir)
         | "ReadWet" >> beam.ParDo(ReadWetFn(download_dir, progress_dir))
         | "LengthFilter"
-        >> beam.Filter(_length_ok, config.max_page_length, Counters("too-long-filter"))
+        >> beam.Filter(length_ok, config.max_page_length, Counters("too-long-filter"))
         | "UrlDedup" >> DeduplicateUrls()
         | "ParagraphFilter" >> beam.Filter(_paragraph_ok, Counters("paragraph-filter"))
         | "LineDedup" >> DeduplicateLines(None)
@@ -135,7 +135,7 @@ def mc4_pages(
     )
     if config.badwords is not None:
         pages |= "Badwords" >> beam.Filter(
-            _badwords_ok,
+            badwords_ok,
             BadwordsFilter(config.badwords, config.badwords_filter_fraction),
             Counters("badwords-filter"),
         )
