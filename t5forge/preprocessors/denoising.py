@@ -191,6 +191,11 @@ def span_corruption(
             f"mean_noise_span_length={mean_noise_span_length}), but the configured "
             f"targets length is only {sequence_length['targets']}"
         )
+    check_sentinel_budget(
+        max_noise_spans(tokens_length, noise_density, mean_noise_span_length),
+        output_features["targets"].vocabulary,
+        f"span_corruption at inputs length {inputs_length}",
+    )
     if merge_examples_to_reduce_padding and passthrough_feature_keys:
         raise ValueError(
             "span_corruption: passthrough_feature_keys "
@@ -833,41 +838,59 @@ def sentinel_id(vocabulary: Any, return_value: int | None = None) -> int:
     return vocabulary.vocab_size - 1
 
 
-def _report_sentinel_overflow(num_spans: Any, extra_ids: int, vocab_size: int) -> None:
-    """Logs, once per process, that sentinels ran past the extra ids."""
+def _sentinel_budget(vocabulary: Any) -> int:
+    """Sentinel ids the vocabulary really has (t5forge.vocabularies.num_sentinels).
+
+    Counts `<extra_id_i>` pieces baked into a SentencePiece model too, and for
+    bytes the 11 ids of bytes UTF-8 never uses (ByT5's 258, 257, ...).
+    """
+    from t5forge.vocabularies import num_sentinels
+
+    try:
+        return num_sentinels(vocabulary)
+    except AttributeError:
+        return int(getattr(vocabulary, "extra_ids", 0) or 0)
+
+
+def max_noise_spans(length: int, noise_density: float, mean_noise_span_length: float) -> int:
+    """Noise spans `random_spans_noise_mask` makes in `length` tokens (float32, as it does).
+
+    Never smaller for a longer sequence, so it bounds every shorter segment too.
+    """
+    import numpy as np
+
+    noise = int(np.round(np.float32(length) * np.float32(noise_density)))
+    noise = min(max(noise, 1), length - 1)
+    return max(int(np.round(np.float32(noise) / np.float32(mean_noise_span_length))), 1)
+
+
+def check_sentinel_budget(num_spans: int, vocabulary: Any, where: str) -> None:
+    """Logs once per process when `num_spans` sentinels exceed what the vocabulary has.
+
+    The reference keeps counting down into ordinary ids (they then collide with
+    real tokens); we keep its output and say so, with the numbers.
+    """
     global _sentinel_warning_issued
+    budget = _sentinel_budget(vocabulary)
+    if num_spans <= budget:
+        return
     with _sentinel_warning_lock:
         if _sentinel_warning_issued:
             return
         _sentinel_warning_issued = True
-    spans = int(num_spans)
+    vocab_size = int(vocabulary.vocab_size)
     logger.warning(
-        "a sequence has %d noise spans but the vocabulary has only %d extra ids, so "
-        "sentinels %d..%d are ordinary vocabulary ids (sentinels count down from "
-        "vocab_size - 1 = %d, as in t5.data.preprocessors; harmless if the model "
-        "file itself defines those pieces as sentinels). Logged once.",
-        spans,
-        extra_ids,
-        vocab_size - extra_ids - 1,
-        vocab_size - spans,
+        "%s: up to %d noise spans but the vocabulary has only %d sentinel ids, so "
+        "sentinels %d..%d are ordinary vocabulary ids that also occur as text "
+        "(sentinels count down from vocab_size - 1 = %d, as in t5.data.preprocessors). "
+        "Logged once.",
+        where,
+        num_spans,
+        budget,
+        vocab_size - budget - 1,
+        vocab_size - num_spans,
         vocab_size - 1,
     )
-
-
-def _warn_if_sentinels_overflow(num_spans: tf.Tensor, vocabulary: Any) -> tf.Tensor:
-    """Returns an op that calls `_report_sentinel_overflow` when spans > extra ids."""
-    extra_ids = int(getattr(vocabulary, "extra_ids", 0) or 0)
-    vocab_size = int(vocabulary.vocab_size)
-
-    def report():
-        tf.py_function(
-            lambda n: _report_sentinel_overflow(n.numpy(), extra_ids, vocab_size),
-            [num_spans],
-            [],
-        )
-        return tf.constant(True)
-
-    return tf.cond(num_spans > extra_ids, report, lambda: tf.constant(False))
 
 
 def noise_span_to_unique_sentinel(
@@ -877,8 +900,9 @@ def noise_span_to_unique_sentinel(
 
     Non-noise tokens are kept; each noise run shrinks to its sentinel, so the
     sentinels in the inputs match the ones `nonnoise_span_to_unique_sentinel`
-    puts in the targets. With more runs than the vocabulary's `extra_ids`,
-    sentinels continue into ordinary ids (a warning is logged once).
+    puts in the targets. With more runs than the vocabulary has sentinels,
+    they continue into ordinary ids, as in the reference (`span_corruption`
+    checks its budget up front with `check_sentinel_budget`).
 
     Args:
       tokens: 1-D integer tensor.
@@ -894,11 +918,9 @@ def noise_span_to_unique_sentinel(
     run_start = tf.logical_and(noise_mask, tf.logical_not(follows_noise))
     run_rest = tf.logical_and(noise_mask, follows_noise)
     run_number = tf.cumsum(tf.cast(run_start, tokens.dtype))
-    checked = _warn_if_sentinels_overflow(tf.reduce_sum(tf.cast(run_start, tf.int32)), vocabulary)
-    with tf.control_dependencies([checked]):
-        sentinels = sentinel_id(vocabulary) + 1 - run_number
-        replaced = tf.where(run_start, sentinels, tokens)
-        return tf.boolean_mask(replaced, tf.logical_not(run_rest))
+    sentinels = sentinel_id(vocabulary) + 1 - run_number
+    replaced = tf.where(run_start, sentinels, tokens)
+    return tf.boolean_mask(replaced, tf.logical_not(run_rest))
 
 
 def nonnoise_span_to_unique_sentinel(
