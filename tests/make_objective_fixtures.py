@@ -144,6 +144,19 @@ def train_spm(model_path: str = SPM_MODEL, path: str = WET) -> None:
         minloglevel=2,
     )
     os.remove(prefix + ".vocab")
+    _forget_training_paths(model_path)
+
+
+def _forget_training_paths(model_path: str) -> None:
+    """Clears the paths SentencePiece stores in trainer_spec (this machine's, not data)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    with open(model_path, "rb") as f:
+        model = sentencepiece_model_pb2.ModelProto.FromString(f.read())
+    model.trainer_spec.ClearField("model_prefix")
+    del model.trainer_spec.input[:]
+    with open(model_path, "wb") as f:
+        f.write(model.SerializeToString())
 
 
 def vocabulary(kind: str):
