@@ -250,10 +250,11 @@ def test_missing_input(tmp_path, tiny_text):
 @pytest.mark.parametrize(
     "name,data",
     [
-        ("broken.json.gz", gzip.compress(b'{"text": "some text"}\n' * 500)[:40]),
+        ("broken.json.gz", gzip.compress(b'{"text": "some text"}\n' * 500, mtime=0)[:40]),
         ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1")),
         ("notjson.jsonl", b"this is not json\n"),
     ],
+    ids=["truncated-gzip", "latin1", "not-json"],  # stable ids: pytest-xdist workers must agree
 )
 def test_damaged_input(tmp_path, name, data):
     path = tmp_path / name
