@@ -275,7 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence-length", default="inputs=512,targets=114", metavar="NAME=N,...")
     p.add_argument("--examples", type=int, required=True, metavar="N")
     p.add_argument("--output", required=True, metavar="PATH")
-    p.add_argument("--pack", action="store_true", help="pack examples (seqio's packing)")
+    p.add_argument("--pack", action="store_true", help="pack several examples per row")
+    p.add_argument(
+        "--packer",
+        default="fast",
+        choices=["fast", "seqio"],
+        help="fast: t5forge's packer (seqio's output, faster); seqio: seqio's own",
+    )
     p.add_argument("--converter", default="encdec", choices=["encdec", "prefixlm", "decoder"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -636,6 +642,7 @@ def _run_export(args, extra: list[str]) -> int:
         split=args.split,
         pack=args.pack,
         converter=args.converter,
+        packer=args.packer,
         seed=args.seed,
         overwrite=args.overwrite,
     )
