@@ -260,3 +260,34 @@ def test_byt5_sentinels_fit_the_unused_utf8_bytes(monkeypatch, caplog):
         denoising.check_sentinel_budget(57, byte.vocabulary, "ByT5 with mean span 3")
     assert "57 noise spans" in caplog.records[0].getMessage()
     assert "only 11 sentinel ids" in caplog.records[0].getMessage()
+
+
+def test_sentinel_overflow_option(monkeypatch, caplog):
+    """sentinel_overflow: "error" refuses, "ignore" keeps t5's output silently."""
+    import seqio
+    import tensorflow as tf
+
+    from t5forge.preprocessors import denoising
+
+    features = _spm_features(extra_ids=10)
+    dataset = seqio.preprocessors.tokenize(
+        tf.data.Dataset.from_tensor_slices({"targets": list(_texts())}),
+        features,
+        copy_pretokenized=False,
+    )
+    with pytest.raises(ValueError, match="28 noise spans need 28 sentinels.*only 10"):
+        denoising.span_corruption(
+            dataset, {"inputs": 512, "targets": 114}, features, sentinel_overflow="error"
+        )
+    with pytest.raises(ValueError, match="sentinel_overflow"):
+        denoising.span_corruption(
+            dataset, {"inputs": 512, "targets": 114}, features, sentinel_overflow="maybe"
+        )
+    monkeypatch.setattr(denoising, "_sentinel_warning_issued", False)
+    with caplog.at_level(logging.WARNING, logger=denoising.__name__):
+        with seqio.map_seed_manager(3):
+            ds = denoising.span_corruption(
+                dataset, {"inputs": 512, "targets": 114}, features, sentinel_overflow="ignore"
+            )
+    assert not [r for r in caplog.records if r.name == denoising.__name__]
+    assert next(ds.as_numpy_iterator())["targets"][0] == 2010 - 1

@@ -143,6 +143,7 @@ def span_corruption(
     merge_examples_to_reduce_padding: bool = True,
     reserved_for_packing: int | None = None,
     passthrough_feature_keys: Sequence[str] | None = None,
+    sentinel_overflow: str = "warn",
 ) -> tf.data.Dataset:
     """T5's span-corruption pretraining objective (Raffel et al., 2019).
 
@@ -165,6 +166,11 @@ def span_corruption(
       reserved_for_packing: if set, this many inputs positions are left free.
       passthrough_feature_keys: features copied to every output example; only
         allowed without merging.
+      sentinel_overflow: t5forge's option for segments with more noise spans
+        than the vocabulary has sentinels, where t5 silently counts down into
+        ordinary ids: "warn" (default; t5's output, one warning with the
+        numbers), "error" (raise ValueError before building anything) or
+        "ignore" (t5's output, silently).
 
     Returns:
       a dataset of {input_feature_key, 'targets', *passthrough} examples.
@@ -195,6 +201,7 @@ def span_corruption(
         max_noise_spans(tokens_length, noise_density, mean_noise_span_length),
         output_features["targets"].vocabulary,
         f"span_corruption at inputs length {inputs_length}",
+        sentinel_overflow,
     )
     if merge_examples_to_reduce_padding and passthrough_feature_keys:
         raise ValueError(
@@ -864,16 +871,32 @@ def max_noise_spans(length: int, noise_density: float, mean_noise_span_length: f
     return max(int(np.round(np.float32(noise) / np.float32(mean_noise_span_length))), 1)
 
 
-def check_sentinel_budget(num_spans: int, vocabulary: Any, where: str) -> None:
-    """Logs once per process when `num_spans` sentinels exceed what the vocabulary has.
+SENTINEL_OVERFLOW_POLICIES = ("warn", "error", "ignore")
+
+
+def check_sentinel_budget(
+    num_spans: int, vocabulary: Any, where: str, policy: str = "warn"
+) -> None:
+    """Acts when `num_spans` sentinels exceed what the vocabulary has.
 
     The reference keeps counting down into ordinary ids (they then collide with
-    real tokens); we keep its output and say so, with the numbers.
+    real tokens). "warn" keeps its output and logs the numbers once per
+    process; "error" raises ValueError; "ignore" does nothing.
     """
     global _sentinel_warning_issued
+    if policy not in SENTINEL_OVERFLOW_POLICIES:
+        raise ValueError(
+            f"sentinel_overflow={policy!r}; choose one of {', '.join(SENTINEL_OVERFLOW_POLICIES)}"
+        )
     budget = _sentinel_budget(vocabulary)
-    if num_spans <= budget:
+    if num_spans <= budget or policy == "ignore":
         return
+    if policy == "error":
+        raise ValueError(
+            f"{where}: up to {num_spans} noise spans need {num_spans} sentinels, but the "
+            f"vocabulary has only {budget}; use more extra ids, a shorter inputs length, a "
+            f"longer mean span, or sentinel_overflow='warn' to keep t5's behaviour"
+        )
     with _sentinel_warning_lock:
         if _sentinel_warning_issued:
             return
