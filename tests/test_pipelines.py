@@ -336,3 +336,26 @@ def test_bad_json_line_names_the_file(tmp_path):
     assert next(it)["text"] == b"fine"
     with pytest.raises(tf.errors.InvalidArgumentError, match="c4-train.00000-of-00001.json.gz"):
         next(it)
+
+
+def test_mt5_style_pipeline_with_a_vocabulary_from_train_spm(mc4_dir, tmp_path):
+    """mT5's recipe end to end: train-spm on the mC4 directory, then its language tasks."""
+    from t5forge.vocabularies import num_sentinels
+    from t5forge.vocabularies.train import train_sentencepiece
+
+    settings = train_sentencepiece(
+        [mc4_dir], str(tmp_path / "mc4spm"), 1200, byte_fallback=True, sample_sentences=20000
+    )
+    assert settings["extra_ids"] == 100
+    model = str(tmp_path / "mc4spm.model")
+    names = pipelines.register_corpus_tasks("mt5t", mc4_dir, model)
+    assert "mt5t_de_span_corruption" in names and "mt5t_span_corruption" in names
+    vocabulary = (
+        seqio.get_mixture_or_task("mt5t_de_span_corruption").output_features["targets"].vocabulary
+    )
+    assert vocabulary.vocab_size == 1300 and num_sentinels(vocabulary) == 100
+    examples = _examples("mt5t_span_corruption", limit=4)
+    assert examples
+    for ex in examples:
+        assert ex["inputs"][-1] == EOS and ex["inputs"][-2] >= 1300 - 100
+        assert ex["targets"][0] == 1299  # <extra_id_0>
