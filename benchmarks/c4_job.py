@@ -40,7 +40,7 @@ def main() -> int:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
 
     from c4_reference import run_tfds_c4
-    from job_table import print_job_table
+    from job_table import print_job_table, time_ours
     from test_c4_job import read_reference, read_tfrecord_corpus
 
     from t5forge.beam_jobs import c4, job, sentences
@@ -63,12 +63,11 @@ def main() -> int:
     expected = read_reference(os.path.join(tmp, "tfds"))
 
     rows = [("TFDS graph, DirectRunner in-process", t_tfds, len(expected), "reference")]
-    for workers in sorted({1, args.workers}):
-        out = os.path.join(tmp, f"ours-{workers}")
-        config = c4.C4Config(badwords={"en": BADWORDS})
-        start = time.perf_counter()
+    config = c4.C4Config(badwords={"en": BADWORDS})
+
+    def run(out, workers):
         job.run_job(
-            build=lambda p, d, progress, config=config: c4.build_c4(p, inputs, config, d),
+            build=lambda p, d, progress: c4.build_c4(p, inputs, config, d),
             output_dir=out,
             overwrite=False,
             own_files=lambda n: True,
@@ -78,16 +77,10 @@ def main() -> int:
             splits=c4.SPLITS,
             funnel=c4.funnel,
         )
-        elapsed = time.perf_counter() - start
-        got = read_tfrecord_corpus(out)
-        rows.append(
-            (
-                f"t5forge build-c4, {workers} worker(s)",
-                elapsed,
-                len(got),
-                "identical" if got == expected else "DIFFERENT",
-            )
-        )
+
+    rows += time_ours(
+        "build-c4", sorted({1, args.workers}), run, read_tfrecord_corpus, expected, tmp
+    )
 
     print_job_table(rows, mb)
     return 0

@@ -43,7 +43,7 @@ def main() -> int:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
 
     from c4_reference import run_tfds_mc4
-    from job_table import print_job_table
+    from job_table import print_job_table, time_ours
     from test_mc4_job import read_reference, read_tfrecord_corpus
 
     from t5forge.beam_jobs import job, mc4
@@ -60,12 +60,11 @@ def main() -> int:
     expected = read_reference(os.path.join(tmp, "tfds"))
 
     rows = [("TFDS graph, DirectRunner in-process", t_tfds, len(expected), "reference")]
-    for workers in sorted({1, args.workers}):
-        out = os.path.join(tmp, f"ours-{workers}")
-        config = mc4.MC4Config(output_format="tfrecord", badwords=BADWORDS)
-        start = time.perf_counter()
+    config = mc4.MC4Config(output_format="tfrecord", badwords=BADWORDS)
+
+    def run(out, workers):
         job.run_job(
-            build=lambda p, d, progress, config=config: mc4.build_mc4(p, inputs, config, d),
+            build=lambda p, d, progress: mc4.build_mc4(p, inputs, config, d),
             output_dir=out,
             overwrite=False,
             own_files=mc4.is_output_file,
@@ -76,16 +75,10 @@ def main() -> int:
             funnel=mc4.funnel,
             summarize=mc4.language_summary,
         )
-        elapsed = time.perf_counter() - start
-        got = read_tfrecord_corpus(out)
-        rows.append(
-            (
-                f"t5forge build-mc4, {workers} worker(s)",
-                elapsed,
-                len(got),
-                "identical" if got == expected else "DIFFERENT",
-            )
-        )
+
+    rows += time_ours(
+        "build-mc4", sorted({1, args.workers}), run, read_tfrecord_corpus, expected, tmp
+    )
 
     print_job_table(rows, mb)
     return 0

@@ -35,14 +35,7 @@ import sys
 import time
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.join(HERE, "..")
-WET_DIR = os.path.join(HERE, "..", "..", "shared", "data", "wet")
-WET = [
-    os.path.join(WET_DIR, "python-docs-3.11.warc.wet.gz"),
-    os.path.join(WET_DIR, "debian-reference-9lang.warc.wet.gz"),
-]
-SPM_MODEL = os.path.join(HERE, "..", "tests", "fixtures", "objectives", "spm2000.model")
+from objectives import REPO, SPM_MODEL, read_texts  # same corpus and model as that benchmark
 
 # name -> (objective, objective lengths, converter kind, converter task lengths)
 SETUPS: dict[str, tuple[str, dict[str, int], str, dict[str, int]]] = {
@@ -60,21 +53,6 @@ SETUPS: dict[str, tuple[str, dict[str, int], str, dict[str, int]]] = {
     ),
     "full_lm decoder": ("full_lm", {"targets": 1024}, "decoder", {"targets": 1024}),
 }
-
-
-def read_texts(count: int) -> list[str]:
-    """The first `count` non-empty pages, alternating between the WET files."""
-    from t5forge.beam_jobs.wet import read_wet_file
-
-    per_file = [[p.text for p in read_wet_file(path) if p.text.strip()] for path in WET]
-    texts: list[str] = []
-    i = 0
-    while len(texts) < count and any(i < len(pages) for pages in per_file):
-        for pages in per_file:
-            if i < len(pages) and len(texts) < count:
-                texts.append(pages[i])
-        i += 1
-    return texts
 
 
 def ragged_dataset(rows: list[dict[str, Any]]):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -283,7 +282,3 @@ def funnel(counters: Mapping[str, Mapping[str, int]]) -> list[dict]:
         if namespace in counters:
             rows.append({"step": label, "pages": sum(counters[namespace].get(n, 0) for n in names)})
     return rows
-
-
-def stats_json(stats: Mapping[str, Any]) -> str:
-    return json.dumps(stats, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -82,16 +82,13 @@ def DeduplicateUrls(pages):  # noqa: N802 - Beam transform naming
 
 def line_key(line: str) -> bytes:
     """The identity of a line for dedup: md5 of its stripped, lower-cased text."""
-    return md5_digest(line.strip().lower())
+    return hashlib.md5(line.strip().lower().encode("utf-8")).digest()
 
 
 def _emit_line_owners(page: Page) -> Iterator[tuple[bytes, bytes]]:
     url_hash = md5_digest(page.url)
-    md5 = hashlib.md5
     # One claim per distinct line: repeats in a page make the same claim.
-    for key in {
-        md5(line.strip().lower().encode("utf-8")).digest() for line in page.text.split("\n")
-    }:
+    for key in {line_key(line) for line in page.text.split("\n")}:
         yield key, url_hash
 
 
@@ -105,9 +102,8 @@ def remove_lines(
     new_lines = []
     seen: set[bytes] = set()
     global_duplicates = local_duplicates = 0
-    md5 = hashlib.md5
     for line in page.text.split("\n"):
-        key = md5(line.strip().lower().encode("utf-8")).digest()  # line_key, inlined
+        key = line_key(line)
         if key not in lines_to_keep:
             global_duplicates += 1
         elif key in seen:

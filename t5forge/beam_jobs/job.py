@@ -17,8 +17,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from t5forge.beam_jobs.c4 import stats_json
-
 STATS_FILE = "stats.json"
 _TMP_PREFIX = ".t5forge-tmp-"
 
@@ -261,6 +259,10 @@ def run_job(
     prefix = output_dir.rstrip("/") + "/"
     stats["files"] = [f[len(prefix) :] if f.startswith(prefix) else f for f in files]
     return stats
+
+
+def stats_json(stats: dict[str, Any]) -> str:
+    return json.dumps(stats, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def load_stats(directory: str) -> dict[str, Any]:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import queue
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 
@@ -44,26 +42,6 @@ def _batches(paths: list[str], batch_chars: int) -> Iterator[tuple[int, list[str
                 yield index, batch
                 batch, size = [], 0
         yield index, batch
-
-
-def _prefetch(iterator, depth: int = 2):
-    """Runs `iterator` in a thread, `depth` items ahead; re-raises its errors here."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def produce():
-        try:
-            for item in iterator:
-                items.put(item)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            items.put(e)
-        items.put(done)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := items.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 _worker_tokenizer: Tokenizer | None = None
@@ -134,13 +112,10 @@ def tokenize_corpus(
     tokenizer = Tokenizer(vocab)
     paths = [p for item in inputs for p in records.corpus_files(item)]
     dtype = shards.token_dtype(tokenizer.vocab_size)
-    total_bytes = sum(os.path.getsize(p) for p in paths)
     tmp = _prepare_output(output, overwrite)
     started = time.time()
     try:
-        manifest_shards = _encode_all(
-            tokenizer, paths, tmp, dtype, workers, batch_chars, progress, total_bytes
-        )
+        manifest_shards = _encode_all(tokenizer, paths, tmp, dtype, workers, batch_chars, progress)
         seconds = time.time() - started
         manifest = {
             "format": shards.FORMAT,
@@ -165,7 +140,7 @@ def tokenize_corpus(
     return manifest
 
 
-def _encode_all(tokenizer, paths, tmp, dtype, workers, batch_chars, progress, total_bytes):
+def _encode_all(tokenizer, paths, tmp, dtype, workers, batch_chars, progress):
     from tqdm import tqdm
 
     bar = tqdm(total=len(paths), unit="file", desc="tokenize", disable=not progress)
