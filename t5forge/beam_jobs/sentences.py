@@ -1,4 +1,4 @@
-"""Sentence counters for C4's "at least 3 sentences" rule.
+"""Sentence counters for C4's "at least 3 sentences" rule, and the matching splitters.
 
 TFDS counts sentences with NLTK's Punkt tokenizer and its English parameters,
 which it loads from a pickle that NLTK has withdrawn. We never unpickle: the
@@ -10,6 +10,10 @@ A counter is any callable ``str -> int``. Counters defined here also declare two
 properties that `clean_page` uses to skip calls whose answer is already known
 (see `SentenceCounter`); a plain callable gets no shortcuts and is called for
 every kept line, exactly as TFDS does.
+
+`split_sentences` / `get_sentence_splitter` give the sentences themselves (for
+sentence-level objectives such as PEGASUS gap sentences), by the same Punkt
+setup or regex as the counters of the same name.
 """
 
 from __future__ import annotations
@@ -156,6 +160,58 @@ def regex_spans(text: str) -> Iterator[None]:
     yield None
     for _ in _REGEX_BREAK.finditer(text.strip()):
         yield None
+
+
+def punkt_sentences(text: str) -> Iterator[str]:
+    """Punkt's sentences of `text`, in order and produced lazily.
+
+    Each is the text of one `punkt_spans` span, so whitespace between
+    sentences is left out and `punkt_count(text)` is how many there are.
+    """
+    for start, end in punkt_spans(text):
+        yield text[start:end]
+
+
+def regex_sentences(text: str) -> Iterator[str]:
+    """The sentences `regex_count` counts, in order and produced lazily.
+
+    `text` is stripped, then cut after each break of `regex_count` (end
+    punctuation and closing quotes/brackets stay with their sentence; the
+    whitespace after them is dropped).
+    """
+    text = text.strip()
+    if not text:
+        return
+    start = 0
+    for match in _REGEX_BREAK.finditer(text):
+        yield text[start : match.end()].rstrip()
+        start = match.end()
+    yield text[start:]
+
+
+_SENTENCE_ITERATORS: dict[str, Callable[[str], Iterator[str]]] = {
+    "punkt": punkt_sentences,
+    "regex": regex_sentences,
+}
+
+
+def get_sentence_splitter(name: str) -> Callable[[str], Iterator[str]]:
+    """The named splitter (one of `SENTENCE_SPLITTERS`): text -> lazy sentences.
+
+    A splitter yields exactly the sentences the counter of the same name
+    counts, so corpus filtering and sentence-level objectives agree.
+    """
+    try:
+        return _SENTENCE_ITERATORS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown sentence splitter {name!r}; choose one of {', '.join(SENTENCE_SPLITTERS)}"
+        ) from None
+
+
+def split_sentences(text: str, splitter: str = "punkt") -> list[str]:
+    """All sentences of `text` by the named splitter ("punkt" or "regex")."""
+    return list(get_sentence_splitter(splitter)(text))
 
 
 def get_sentence_counter(name: str) -> SentenceCounter:
