@@ -383,7 +383,9 @@ def test_config_from_hub_style_configs():
         ({"model_type": "longt5"}, "model_type 'longt5' is not supported"),
         ({"feed_forward_proj": "gelu-gated"}, "not 'ACT' or 'gated-ACT'"),
         ({"feed_forward_proj": "gated-quick_gelu"}, "activation 'quick_gelu'"),
-        ({"d_model": None}, r"lacks \['d_model'\]"),
+        ({"d_model": None}, r"missing entries \[.d_model.\]"),
+        ({"relative_attention_num_buckets": 33}, "relpos_buckets must be even"),
+        ({"num_heads": "four"}, "unusable value"),
     ],
 )
 def test_config_from_hf_errors(bad, match):
@@ -740,3 +742,15 @@ def test_download_failures_leave_nothing(serve_directory, tmp_path):
     (models / "m").mkdir()
     with pytest.raises(FileExistsError):
         hf.download_hf_checkpoint("org/tiny", str(models / "m"), endpoint=server.url)
+
+
+def test_bad_config_json_is_named(tmp_path):
+    directory = copy_checkpoint("t5_1_0", tmp_path)
+    hf_config = json.load(open(directory / "config.json"))
+    (directory / "config.json").write_text(json.dumps({**hf_config, "model_type": "longt5"}))
+    with pytest.raises(CheckpointError, match="config.json: model_type 'longt5'") as error:
+        hf.load_hf_checkpoint(str(directory))
+    assert str(directory) in str(error.value)
+    (directory / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        hf.load_hf_checkpoint(str(directory))

@@ -787,10 +787,22 @@ def config_from_hf(hf_config: Mapping[str, Any], name: str | None = None, **over
     missing = [k for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
                if hf_config.get(k) is None]  # fmt: skip
     if missing:
-        raise CheckpointError(f"config.json lacks {missing}")
+        raise CheckpointError(f"missing entries {missing}")
+    try:
+        config = _config_from_hf_entries(hf_config, model_type, name)
+    except (TypeError, ValueError) as e:  # T5Config's own checks raise ValueError
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"unusable value: {e}") from None
+    return config.replace(**overrides) if overrides else config
+
+
+def _config_from_hf_entries(
+    hf_config: Mapping[str, Any], model_type: str, name: str | None
+) -> T5Config:
     num_layers = int(hf_config["num_layers"])
     decoder_layers = hf_config.get("num_decoder_layers")
-    config = T5Config(
+    return T5Config(
         name=name or str(hf_config.get("_name_or_path") or f"hf-{model_type}"),
         vocab_size=int(hf_config["vocab_size"]),
         d_model=int(hf_config["d_model"]),
@@ -807,7 +819,6 @@ def config_from_hf(hf_config: Mapping[str, Any], name: str | None = None, **over
         layer_norm_epsilon=float(hf_config.get("layer_norm_epsilon", 1e-6)),
         dropout_rate=float(hf_config.get("dropout_rate", 0.1)),
     )
-    return config.replace(**overrides) if overrides else config
 
 
 def config_to_hf(
@@ -1159,8 +1170,8 @@ def load_hf_checkpoint(
     found = find_weight_files(path)
     config_path = os.path.join(found.directory, CONFIG_NAME)
     hf_config = _read_json(config_path) if os.path.isfile(config_path) else None
-    tensors, sources = read_hf_tensors(path)
-    if config is None:
+    derived = config is None
+    if derived:
         if hf_config is None:
             raise CheckpointError(f"{found.directory}: no {CONFIG_NAME}; pass config=")
         name = name or os.path.basename(os.path.abspath(found.directory))
@@ -1168,6 +1179,8 @@ def load_hf_checkpoint(
             config = config_from_hf(hf_config, name=name)
         except CheckpointError as e:
             raise CheckpointError(f"{config_path}: {e}") from None
+    tensors, sources = read_hf_tensors(path)
+    if derived:
         head, shared = tensors.get("lm_head.weight"), tensors.get("shared.weight")
         if (
             config.tie_embeddings

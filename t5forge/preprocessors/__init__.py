@@ -1,4 +1,9 @@
-"""seqio-compatible pretraining objectives (issue: objectives)."""
+"""seqio-compatible pretraining objectives.
+
+T5's denoising objectives (`denoising`), PEGASUS gap sentences (`pegasus`, with
+ROUGE-1 in `rouge`), and the sentinel ids
+t5forge reserves for their special tokens (`reserved_ids`).
+"""
 
 from t5forge.preprocessors.denoising import (
     denoise,
@@ -27,8 +32,22 @@ from t5forge.preprocessors.denoising import (
     split_tokens_to_random_length,
     split_tokens_to_targets_length,
 )
+from t5forge.preprocessors.pegasus import (
+    STRATEGIES as PEGASUS_STRATEGIES,
+)
+from t5forge.preprocessors.pegasus import (
+    GapSentenceExample,
+    GapSentenceGenerator,
+    num_gap_sentences,
+    pegasus_gap_sentences,
+)
+from t5forge.preprocessors.reserved_ids import RESERVED_TOKENS, reserved_id
 
 __all__ = [
+    "PEGASUS_STRATEGIES",
+    "RESERVED_TOKENS",
+    "GapSentenceExample",
+    "GapSentenceGenerator",
     "denoise",
     "drop_noise_tokens",
     "drop_nonnoise_tokens",
@@ -38,13 +57,16 @@ __all__ = [
     "noise_span_to_sentinel",
     "noise_span_to_unique_sentinel",
     "noise_token_to_sentinel",
+    "num_gap_sentences",
     "nonnoise_span_to_sentinel",
     "nonnoise_span_to_unique_sentinel",
+    "pegasus_gap_sentences",
     "prefix_lm",
     "random_prefix_noise_mask",
     "random_spans_helper",
     "random_spans_noise_mask",
     "reduce_concat_tokens",
+    "reserved_id",
     "select_random_chunk",
     "sentinel_id",
     "single_example_denoise",
