@@ -26,7 +26,8 @@ Fixtures (directory -> what it tests):
   t5_1_0/            T5 1.0 style: relu, tied and scaled head, 16 buckets / max_distance 32; a
                      config.json in the older hub style (no tie_word_embeddings key: default true).
   t5_1_0_legacy_bin/ The same weights in torch's pre-1.6 (non-zip) serialisation, with lm_head,
-                     encoder/decoder.embed_tokens sharing `shared`'s storage.
+                     encoder/decoder.embed_tokens sharing `shared`'s storage. (Its storage keys
+                     are memory addresses, so this file alone differs between runs.)
   umt5/              umT5 style: a relative-position table in every layer, untied head,
                      max_distance 24, saved in three safetensors shards with an index.
   tensor_zoo/        One state dict of odd tensors (a transposed view, views at a storage offset
