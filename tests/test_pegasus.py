@@ -520,3 +520,38 @@ def test_byte_vocabulary_gap_sentences():
         chosen = [vocabulary.encode(example.sentences[i]) for i in example.selected]
         assert example.targets.tolist() == list(itertools.chain(*chosen))[:255]
 
+
+def test_registered_task_equals_the_preprocessor_by_hand(tmp_path):
+    """<prefix>_pegasus_gsg: rekey -> cache placeholder -> gap sentences -> EOS, no tokenize."""
+    import gzip
+    import json
+
+    import seqio
+    import tensorflow as tf
+
+    from t5forge import pipelines
+    from t5forge.preprocessors import pegasus_gap_sentences
+
+    texts = list(_texts()[:16])
+    with gzip.open(tmp_path / "c4-train.00000-of-00001.json.gz", "wt", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}) + "\n")
+    names = pipelines.register_corpus_tasks(
+        "peg_task", str(tmp_path), SPM, objectives=["pegasus_gsg"]
+    )
+    assert names == ["peg_task_pegasus_gsg"]
+    task = seqio.get_mixture_or_task("peg_task_pegasus_gsg")
+    assert seqio.preprocessors.tokenize not in task.preprocessors
+    got = list(task.get_dataset(LENGTHS, split="train", shuffle=False, seed=5).as_numpy_iterator())
+    features = task.output_features
+    # seqio runs post-cache steps under seed + 42 * (index of the placeholder = 1).
+    with seqio.map_seed_manager(5 + 42):
+        ds = tf.data.Dataset.from_tensor_slices({"targets": texts})
+        ds = pegasus_gap_sentences(ds, LENGTHS, features)
+        ds = seqio.preprocessors.append_eos_after_trim(ds, features, LENGTHS)
+    want = list(ds.as_numpy_iterator())
+    assert len(got) == len(want) == len(texts)
+    for x, y in zip(got, want, strict=True):
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+        np.testing.assert_array_equal(x["targets"], y["targets"])
+        assert x["inputs"][-1] == EOS and x["targets"][-1] == EOS

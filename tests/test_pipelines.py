@@ -128,6 +128,8 @@ def test_register_c4_names_and_span_corruption(c4_dirs):
         "pl_c4_iid_denoising",
         "pl_c4_prefix_lm",
         "pl_c4_full_lm",
+        "pl_c4_pegasus_gsg",
+        "pl_c4_ul2",
     ]
     task = seqio.get_mixture_or_task("pl_c4_span_corruption")
     assert task.output_features["inputs"].required is False

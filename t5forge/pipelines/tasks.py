@@ -6,8 +6,12 @@ The tasks have T5's pipeline shape (t5/data/tasks.py, `c4_v220_*`):
     -> seqio.CacheDatasetPlaceholder() -> objective -> append_eos_after_trim
 
 so, for the same documents in the same order and the same seed, they yield the
-examples T5's registered tasks yield. The corpus may be TFRecord (tf.Example
-with a "text" bytes feature) or gzipped JSON lines; both give identical examples.
+examples T5's registered tasks yield. Two objectives have no t5 task: `pegasus_gsg`
+(PEGASUS gap sentences; it finds sentences in the text itself, so its pipeline is
+rekey -> CacheDatasetPlaceholder -> pegasus_gap_sentences -> append_eos_after_trim)
+and `ul2` (UL2's mixture of denoisers, in the span-corruption pipeline shape). The
+corpus may be TFRecord (tf.Example with a "text" bytes feature) or gzipped JSON lines;
+both give identical examples.
 
 A directory with a `stats.json` holding "languages" is an mC4 corpus: one task per
 language and objective, plus one seqio Mixture per objective whose rates come from
@@ -31,7 +35,9 @@ from t5forge.vocabularies import get_vocabulary
 from t5forge.vocabularies.records import CorpusError
 
 SPLITS = ("train", "validation")
-OBJECTIVES = ("span_corruption", "iid_denoising", "prefix_lm", "full_lm")
+OBJECTIVES = ("span_corruption", "iid_denoising", "prefix_lm", "full_lm", "pegasus_gsg", "ul2")
+# Objectives whose preprocessor reads the raw text (no tokenize before the cache).
+TEXT_OBJECTIVES = ("pegasus_gsg",)
 BYT5_OBJECTIVE = "byt5_span_corruption"
 BYT5_MEAN_NOISE_SPAN_LENGTH = 20.0
 UNKNOWN_LANGUAGE = "und"
@@ -183,6 +189,8 @@ def _objective_fns(vocabulary) -> dict[str, Any]:
         "iid_denoising": preprocessors.iid_denoising,
         "prefix_lm": preprocessors.prefix_lm,
         "full_lm": preprocessors.full_lm,
+        "pegasus_gsg": preprocessors.pegasus_gap_sentences,
+        "ul2": preprocessors.ul2_denoisers,
     }
     if isinstance(vocabulary, seqio.ByteVocabulary):
         fns[BYT5_OBJECTIVE] = functools.partial(
@@ -247,6 +255,8 @@ def _preprocessors(objective_fn, objective: str) -> list:
         seqio.CacheDatasetPlaceholder(),
         objective_fn,
     ]
+    if objective in TEXT_OBJECTIVES:  # sentences are found in the text, then encoded
+        steps.remove(seqio.preprocessors.tokenize)
     if objective != "full_lm":  # t5's full_lm task ends with the objective (EOS is inside)
         steps.append(seqio.preprocessors.append_eos_after_trim)
     return steps
@@ -323,8 +333,9 @@ def register_corpus_tasks(
     """Registers seqio Tasks (and, for mC4, Mixtures) over a built corpus; returns their names.
 
     C4 directory: `<prefix>_span_corruption`, `<prefix>_iid_denoising`, `<prefix>_prefix_lm`,
-    `<prefix>_full_lm`, and with a byte vocabulary also `<prefix>_byt5_span_corruption`
-    (ByT5's mean noise span of 20).
+    `<prefix>_full_lm`, `<prefix>_pegasus_gsg` (PEGASUS gap sentences, Ind-Orig at 30%),
+    `<prefix>_ul2` (UL2's seven denoisers, uniform weights), and with a byte vocabulary also
+    `<prefix>_byt5_span_corruption` (ByT5's mean noise span of 20).
 
     mC4 directory (a stats.json with "languages"): those tasks per language as
     `<prefix>_<lang>_<objective>` ("-" in codes becomes "_", "und" is skipped), and per
@@ -337,7 +348,10 @@ def register_corpus_tasks(
       vocabulary: a seqio vocabulary or a vocabulary spec ("byte", "PATH.model[:N]").
       sequence_length: if given, the lengths you will train with; checked now so that an
         impossible span-corruption configuration fails here rather than mid-training
-        (for a byte vocabulary the ByT5 objective is the one checked).
+        (for a byte vocabulary the ByT5 objective is the one checked). When `objectives`
+        names "ul2", every UL2 denoiser's lengths and sentinel budget are checked too
+        (`preprocessors.ul2_lengths`); otherwise the ul2 task checks them when its
+        dataset is built.
       format: "tfrecord" or "jsonl" to choose when a directory holds both.
       objectives: a subset of the objective names above (default: all).
       mixing_method: "temperature" or "unimax" (mC4 only).
@@ -367,6 +381,8 @@ def register_corpus_tasks(
         if checked in chosen:
             mean = BYT5_MEAN_NOISE_SPAN_LENGTH if checked == BYT5_OBJECTIVE else 3.0
             check_sequence_length(sequence_length, mean_noise_span_length=mean)
+        if objectives is not None and "ul2" in chosen:
+            preprocessors.ul2_lengths(sequence_length, vocabulary)
 
     corpus_dir = os.fspath(corpus_dir)
     stats = _read_stats(corpus_dir) if os.path.isdir(corpus_dir) else None

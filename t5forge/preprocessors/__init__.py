@@ -1,7 +1,7 @@
 """seqio-compatible pretraining objectives.
 
 T5's denoising objectives (`denoising`), PEGASUS gap sentences (`pegasus`, with
-ROUGE-1 in `rouge`), and the sentinel ids
+ROUGE-1 in `rouge`), UL2's mixture of denoisers (`ul2`), and the sentinel ids
 t5forge reserves for their special tokens (`reserved_ids`).
 """
 
@@ -42,12 +42,24 @@ from t5forge.preprocessors.pegasus import (
     pegasus_gap_sentences,
 )
 from t5forge.preprocessors.reserved_ids import RESERVED_TOKENS, reserved_id
+from t5forge.preprocessors.ul2 import (
+    UL2_DENOISERS,
+    Denoiser,
+    DenoiserLengths,
+    assign_denoisers,
+    ul2_denoisers,
+    ul2_lengths,
+)
 
 __all__ = [
     "PEGASUS_STRATEGIES",
     "RESERVED_TOKENS",
+    "UL2_DENOISERS",
+    "Denoiser",
+    "DenoiserLengths",
     "GapSentenceExample",
     "GapSentenceGenerator",
+    "assign_denoisers",
     "denoise",
     "drop_noise_tokens",
     "drop_nonnoise_tokens",
@@ -76,4 +88,6 @@ __all__ = [
     "split_tokens_to_inputs_length",
     "split_tokens_to_random_length",
     "split_tokens_to_targets_length",
+    "ul2_denoisers",
+    "ul2_lengths",
 ]
