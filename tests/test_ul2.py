@@ -310,10 +310,14 @@ def test_short_lengths_fit_even_where_the_helper_counts_no_span():
     np.testing.assert_array_equal(rebuilt, stream)
 
 
-def test_byte_vocabulary_shrinks_to_its_six_free_sentinels(caplog):
+def test_byte_vocabulary_shrinks_to_its_six_free_sentinels(caplog, monkeypatch):
     import logging
 
     import seqio
+
+    from t5forge.preprocessors import ul2
+
+    monkeypatch.setattr(ul2, "_shrink_warned", set())
 
     vocabulary = seqio.ByteVocabulary()
     documents = tuple(

@@ -55,6 +55,9 @@ from t5forge.preprocessors import denoising
 from t5forge.preprocessors.reserved_ids import reserved_id, span_sentinel_budget
 
 logger = logging.getLogger(__name__)
+# (denoiser, inputs length, budget) already reported, so that rebuilding a
+# pipeline (seqio does on every get_dataset) does not repeat the warning.
+_shrink_warned: set[tuple] = set()
 
 MODE_TOKENS = {"R": "[NLU]", "S": "[S2S]", "X": "[NLG]"}
 SENTINEL_OVERFLOW_POLICIES = ("shrink", "error")
@@ -366,10 +369,12 @@ def ul2_denoisers(
         sequence_length, vocabulary, denoisers, mode_tokens, sentinel_overflow, input_feature_key
     )
     for denoiser, size in zip(denoisers, lengths, strict=True):
-        if size.shrunk:
+        key = (denoiser, sequence_length[input_feature_key], span_sentinel_budget(vocabulary))
+        if size.shrunk and key not in _shrink_warned:
+            _shrink_warned.add(key)
             logger.warning(
                 "ul2 denoiser %s: segments shortened to %d raw tokens (inputs %d of %d) so that "
-                "its %d noise spans fit the vocabulary's %d free sentinels",
+                "its %d noise spans fit the vocabulary's %d free sentinels (logged once)",
                 denoiser.name,
                 size.tokens_length,
                 size.inputs_length,
