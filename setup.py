@@ -22,6 +22,14 @@ DATA = [
     "cld3-py>=3.1,<4",
 ]
 
+# The model and trainer: JAX/Flax/optax/orbax only (accelerator machines need nothing else).
+MODEL = [
+    "jax>=0.4.35",
+    "flax>=0.10",
+    "optax>=0.2.3",
+    "orbax-checkpoint>=0.6",
+]
+
 setup(
     name="t5forge",
     version="0.1.0",
@@ -31,7 +39,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["t5forge", "t5forge.*"]),
     package_data={"t5forge.beam_jobs": ["data/*.wet.gz"]},
-    install_requires=CORPUS + DATA,
+    install_requires=CORPUS + DATA + MODEL,
     extras_require={
         # DataflowRunner (and `build`, which stages this package for --setup_file).
         "gcp": ["apache-beam[gcp]>=2.60,<3", "build>=1"],

@@ -1,0 +1,250 @@
+"""Training batches as numpy arrays: from `t5forge export` files, or from seqio tasks.
+
+Batches are a pure function of the step: the examples of step s are positions
+[s*B, (s+1)*B) of an endless sequence of seeded per-epoch permutations. A resumed run
+therefore sees exactly the batches the interrupted one would have seen, with no iterator
+state to save. seqio tasks (TensorFlow needed, imported lazily) are read in their seeded
+order and skip to the resumed position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+ENCDEC_FEATURES = (
+    "encoder_input_tokens",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+)
+PACKED_FEATURES = ("encoder_segment_ids", "decoder_segment_ids")
+
+
+class DataError(ValueError):
+    """Training data that cannot be used (names the file or task)."""
+
+
+def _check_features(arrays: Mapping[str, np.ndarray], source: str) -> None:
+    missing = [name for name in ENCDEC_FEATURES if name not in arrays]
+    if missing:
+        raise DataError(
+            f"{source}: missing features {missing} (have {sorted(arrays)}); export the task "
+            "with the encdec feature converter"
+        )
+    count = {len(a) for a in arrays.values()}
+    if len(count) != 1 or 0 in count:
+        raise DataError(f"{source}: features have different or zero example counts {count}")
+
+
+def load_exported(path: str) -> dict[str, np.ndarray]:
+    """The int32 features of an exported .npz, checked (DataError names the file)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--data {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: np.asarray(npz[name], dtype=np.int32) for name in npz.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"--data {path}: not a readable .npz export ({e})") from e
+    _check_features(arrays, f"--data {path}")
+    return arrays
+
+
+def export_info(path: str) -> dict:
+    """The JSON sidecar of an export (empty when absent)."""
+    sidecar = path[: -len(".npz")] + ".json" if path.endswith(".npz") else path + ".json"
+    if not os.path.exists(sidecar):
+        return {}
+    with open(sidecar, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class ArrayBatches:
+    """Seeded batches over in-memory feature arrays (an export, or a slice of one).
+
+    With several processes (multi-host), each returns its own contiguous rows of the
+    global batch; `process_count` must divide `batch_size`.
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+        name: str = "data",
+    ):
+        _check_features(arrays, name)
+        if batch_size <= 0:
+            raise ValueError(f"--batch-size must be positive, got {batch_size}")
+        if batch_size % process_count:
+            raise ValueError(f"--batch-size {batch_size} is not divisible by {process_count} hosts")
+        self.arrays = dict(arrays)
+        self.num_examples = len(next(iter(self.arrays.values())))
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.local_rows = slice(
+            process_index * batch_size // process_count,
+            (process_index + 1) * batch_size // process_count,
+        )
+        self._orders: dict[int, np.ndarray] = {}
+
+    @property
+    def lengths(self) -> dict[str, int]:
+        return {
+            "inputs": self.arrays["encoder_input_tokens"].shape[1],
+            "targets": self.arrays["decoder_target_tokens"].shape[1],
+        }
+
+    @property
+    def packed(self) -> bool:
+        return "encoder_segment_ids" in self.arrays
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) > 2:
+                self._orders.pop(min(self._orders))
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, epoch])
+                self._orders[epoch] = rng.permutation(self.num_examples)
+            else:
+                self._orders[epoch] = np.arange(self.num_examples)
+        return self._orders[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        """Example indices of the global batch at `step`."""
+        positions = step * self.batch_size + np.arange(self.batch_size)
+        epochs, offsets = np.divmod(positions, self.num_examples)
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            where = epochs == epoch
+            out[where] = self._order(int(epoch))[offsets[where]]
+        return out
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        rows = self.indices(step)[self.local_rows]
+        return {name: a[rows] for name, a in self.arrays.items() if _model_feature(name)}
+
+    def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        step = start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+    def epoch_batches(self) -> list[dict[str, np.ndarray]]:
+        """Every example once, in order, in batches (the last one padded with empty rows)."""
+        batches = []
+        for start in range(0, self.num_examples, self.batch_size):
+            rows = np.arange(start, min(start + self.batch_size, self.num_examples))
+            batch = {n: a[rows] for n, a in self.arrays.items() if _model_feature(n)}
+            short = self.batch_size - len(rows)
+            if short:
+                batch = {n: np.pad(a, ((0, short), (0, 0))) for n, a in batch.items()}
+            batches.append({n: a[self.local_rows] for n, a in batch.items()})
+        return batches
+
+
+def _model_feature(name: str) -> bool:
+    return name in ENCDEC_FEATURES or name in PACKED_FEATURES
+
+
+def task_arrays(
+    task: str,
+    *,
+    split: str,
+    sequence_length: Mapping[str, int],
+    examples: int,
+    pack: bool = False,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> dict[str, np.ndarray]:
+    """`examples` converted examples of a seqio task or mixture (needs TensorFlow)."""
+    try:
+        import seqio
+    except ImportError as e:
+        raise DataError(
+            f"--task {task}: reading seqio tasks needs TensorFlow and seqio; on a machine "
+            "without them, run `t5forge export` elsewhere and pass --data FILE.npz"
+        ) from e
+    from t5forge.pipelines.export import feature_converter
+
+    try:
+        provider = seqio.get_mixture_or_task(task)
+    except ValueError as e:
+        raise DataError(f"--task {task}: not a registered seqio task or mixture") from e
+    dataset = provider.get_dataset(
+        dict(sequence_length), split=split, shuffle=shuffle, seed=seed, num_epochs=None
+    )
+    converted = feature_converter("encdec", pack)(dataset, dict(sequence_length))
+    rows: dict[str, list] = {}
+    for n, example in enumerate(converted.as_numpy_iterator()):
+        if n == examples:
+            break
+        for name, value in example.items():
+            rows.setdefault(name, []).append(value)
+    if not rows:
+        raise DataError(f"--task {task}: split {split!r} gave no examples")
+    return {name: np.stack(v).astype(np.int32) for name, v in rows.items()}
+
+
+class TaskBatches:
+    """Streaming batches of a seqio task in its seeded order (needs TensorFlow).
+
+    A resumed run skips the examples the interrupted run consumed, so it continues at the
+    same position (the skipped examples are preprocessed again, which costs time; for long
+    runs prefer an export).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        batch_size: int,
+        *,
+        split: str,
+        sequence_length: Mapping[str, int],
+        pack: bool = False,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if batch_size % process_count:
+            raise ValueError(f"--batch-size {batch_size} is not divisible by {process_count} hosts")
+        self.task = task
+        self.batch_size = batch_size
+        self.split = split
+        self.lengths = dict(sequence_length)
+        self.packed = pack
+        self.seed = seed
+        self.local_rows = slice(
+            process_index * batch_size // process_count,
+            (process_index + 1) * batch_size // process_count,
+        )
+        self._check = task_arrays(  # fails early, with the task's name, if unusable
+            task, split=split, sequence_length=self.lengths, examples=1, pack=pack, seed=seed
+        )
+
+    def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        import seqio
+
+        from t5forge.pipelines.export import feature_converter
+
+        provider = seqio.get_mixture_or_task(self.task)
+        dataset = provider.get_dataset(
+            self.lengths, split=self.split, shuffle=True, seed=self.seed, num_epochs=None
+        )
+        converted = feature_converter("encdec", self.packed)(dataset, self.lengths)
+        converted = converted.skip(start_step * self.batch_size)
+        batched = converted.batch(self.batch_size, drop_remainder=True).prefetch(2)
+        for batch in batched.as_numpy_iterator():
+            yield {
+                n: np.asarray(a, np.int32)[self.local_rows]
+                for n, a in batch.items()
+                if _model_feature(n)
+            }

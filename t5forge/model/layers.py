@@ -1,0 +1,369 @@
+"""T5 building blocks in Flax Linen: RMS norm, dense, MLP, relative position biases, attention.
+
+Parameter names, shapes and initialisations follow t5x's `examples/t5/layers.py`, so a t5x
+or Hugging Face checkpoint maps onto these parameters one to one (see `hf_checkpoint.py`):
+kernels are 2-D (in_features, out_features), the attention scale 1/sqrt(d_kv) lives in the
+query kernel's initialisation, and every parameter carries logical axis names that
+`sharding.py` maps onto a device mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Initializer = jax.nn.initializers.Initializer
+
+# Large negative logit for masked attention positions (finite, so fully masked rows stay finite).
+_MASKED = -1e10
+
+attention_kernel_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+mlp_kernel_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+relpos_init = jax.nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+embedding_init = jax.nn.initializers.normal(stddev=1.0)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Logical sharding constraint on an activation; a no-op outside a mesh with rules."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+def scaled_init(init: Initializer, factor: float) -> Initializer:
+    """`init` multiplied by `factor` (the query kernel: T5 folds 1/sqrt(d_kv) into it)."""
+
+    def scaled(key, shape, dtype=jnp.float32):
+        return init(key, shape, dtype) * jnp.asarray(factor, dtype)
+
+    return scaled
+
+
+class LayerNorm(nn.Module):
+    """T5's RMS norm: no mean subtraction, no bias; statistics in float32."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean_square = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = (x32 * jax.lax.rsqrt(mean_square + self.epsilon)).astype(self.dtype)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(jax.nn.initializers.ones, ("embed",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        return y * scale.astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """y = x @ kernel over the last axis; no bias (T5 has none). Kernel (in, out)."""
+
+    features: int
+    axes: tuple[str, str]
+    kernel_init: Initializer = attention_kernel_init
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.axes),
+            (x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+    """Token embedding shared by encoder and decoder; `attend` gives tied logits."""
+
+    num_embeddings: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+        return jnp.dot(x.astype(dtype), self.embedding.astype(dtype).T)
+
+
+def _activation(name: str):
+    return {
+        "relu": jax.nn.relu,
+        "gelu": functools.partial(jax.nn.gelu, approximate=True),  # t5x/HF "gelu_new"
+        "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+        "silu": jax.nn.silu,
+        "linear": lambda x: x,
+    }[name]
+
+
+class MlpBlock(nn.Module):
+    """Position-wise MLP: (gated) activations of wi_0, wi_1, ... multiplied, then wo.
+
+    ("relu",) is T5 1.0's single `wi`; ("gelu", "linear") is T5 1.1's GEGLU.
+    """
+
+    d_ff: int
+    activations: tuple[str, ...]
+    dropout_rate: float = 0.0
+    deterministic: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense = functools.partial(
+            Dense, kernel_init=mlp_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        hidden = None
+        for i, act in enumerate(self.activations):
+            name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+            h = _activation(act)(dense(self.d_ff, ("embed", "mlp"), name=name)(x))
+            hidden = h if hidden is None else hidden * h
+        hidden = constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
+        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+            hidden, deterministic=self.deterministic
+        )
+        return dense(x.shape[-1], ("mlp", "embed"), name="wo")(hidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# Relative position biases
+
+
+def relative_position_bucket(
+    relative_position: np.ndarray,
+    *,
+    bidirectional: bool,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+) -> np.ndarray:
+    """T5's bucket of each (key - query) offset.
+
+    Bidirectional: half the buckets for keys after the query. Within a direction the first
+    half of the buckets hold offsets 0..n-1 exactly, the rest are log-spaced up to
+    `max_distance`, beyond which everything shares the last bucket. Causal attention only
+    sees offsets <= 0 and uses all buckets for them. Computed in float32 as mesh-TF, t5x and
+    Hugging Face do, so rounding at bucket edges matches released checkpoints.
+    """
+    relative_position = np.asarray(relative_position)
+    bucket = np.zeros_like(relative_position, dtype=np.int32)
+    distance = -relative_position
+    if bidirectional:
+        num_buckets //= 2
+        bucket += (distance < 0).astype(np.int32) * num_buckets
+        distance = np.abs(distance)
+    else:
+        distance = np.maximum(distance, 0)
+    max_exact = num_buckets // 2
+    # Offsets below max_exact take the exact branch; 1 keeps log() finite for them.
+    far = np.maximum(distance, 1).astype(np.float32)
+    log_ratio = np.log(far / np.float32(max_exact)) / np.float32(np.log(max_distance / max_exact))
+    large = max_exact + (log_ratio * np.float32(num_buckets - max_exact)).astype(np.int32)
+    large = np.minimum(large, num_buckets - 1)
+    return bucket + np.where(distance < max_exact, distance, large).astype(np.int32)
+
+
+def toeplitz(per_offset: jax.Array, q_len: int, k_len: int) -> jax.Array:
+    """(..., q_len + k_len - 1) values per offset k - q (ascending) -> (..., q_len, k_len)."""
+    lead = per_offset.shape[:-1]
+    width = q_len + k_len - 1
+    tiled = jnp.broadcast_to(per_offset[..., None, :], (*lead, q_len, width))
+    flat = tiled.reshape(*lead, q_len * width)
+    flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, q_len)])
+    # Row r of the (width + 1)-strided view starts r places further into the offsets.
+    skewed = flat.reshape(*lead, q_len, width + 1)[..., :k_len]
+    return skewed[..., ::-1, :]
+
+
+class RelativePositionBiases(nn.Module):
+    """Learned per-head bias for each relative-position bucket: table (heads, buckets)."""
+
+    num_heads: int
+    bidirectional: bool
+    num_buckets: int = 32
+    max_distance: int = 128
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, q_len: int, k_len: int) -> jax.Array:
+        """Bias of shape (1, heads, q_len, k_len)."""
+        # The bias depends only on the offset k - q: look it up once per offset (q + k - 1
+        # values), then lay it out as a (q, k) Toeplitz matrix by broadcast-reshape-slice,
+        # whose gradient is a plain sum. Gathering all q * k entries would make the gradient
+        # a scatter-add of q * k values into 32 entries per head (contended atomics on GPU).
+        offsets = np.arange(-(q_len - 1), k_len)  # every k - q, ascending
+        buckets = relative_position_bucket(
+            offsets,
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+        )
+        table = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(relpos_init, ("heads", "relpos_buckets")),
+            (self.num_heads, self.num_buckets),
+            self.param_dtype,
+        )
+        per_offset = jnp.take(table, jnp.asarray(buckets), axis=1)  # (heads, q+k-1)
+        bias = toeplitz(per_offset, q_len, k_len)
+        return bias[None].astype(self.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+def resolve_attention_impl(
+    requested: str, *, dtype, talking_heads: bool, dropout: bool, head_dim: int
+) -> str:
+    """Which attention path runs: "cudnn", "xla" (both via jax.nn.dot_product_attention) or
+    "plain" (explicit softmax: talking heads and attention dropout need the weights)."""
+    if talking_heads or dropout:
+        return "plain"
+    if requested != "auto":
+        return requested
+    on_gpu = jax.default_backend() == "gpu"
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if on_gpu and half and head_dim <= 128 and head_dim % 8 == 0:
+        return "cudnn"
+    return "xla"
+
+
+def plain_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    *,
+    is_causal: bool,
+    pre_softmax_mix: jax.Array | None = None,
+    post_softmax_mix: jax.Array | None = None,
+    float32_logits: bool = False,
+    dropout: nn.Dropout | None = None,
+    deterministic: bool = True,
+) -> jax.Array:
+    """Softmax(q k^T + bias) v with the weights in memory. q (b, q, h, d), k/v (b, k, h, d).
+
+    Talking heads (Shazeer et al. 2020) mix the heads of the logits before the softmax
+    (`pre_softmax_mix`, (h, h)) and of the weights after it (`post_softmax_mix`); the
+    relative-position bias is added after the first mix, on the softmax heads.
+    """
+    if float32_logits:
+        q, k = q.astype(jnp.float32), k.astype(jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    if pre_softmax_mix is not None:
+        logits = jnp.einsum("bhqk,hg->bgqk", logits, pre_softmax_mix.astype(logits.dtype))
+    if bias is not None:
+        logits = logits + bias.astype(logits.dtype)
+    if is_causal:
+        q_len, k_len = logits.shape[-2:]
+        causal = np.tril(np.ones((q_len, k_len), dtype=bool))
+        mask = causal if mask is None else jnp.logical_and(mask, causal)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.asarray(_MASKED, logits.dtype))
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    if dropout is not None:
+        weights = dropout(weights, deterministic=deterministic)
+    if post_softmax_mix is not None:
+        weights = jnp.einsum("bhqk,hg->bgqk", weights, post_softmax_mix.astype(weights.dtype))
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention, T5 style: no biases, no 1/sqrt(d) in the forward pass."""
+
+    num_heads: int
+    d_kv: int
+    dropout_rate: float = 0.0
+    deterministic: bool = True
+    talking_heads: bool = False
+    impl: str = "auto"
+    float32_logits: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array,
+        bias: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        *,
+        is_causal: bool = False,
+    ) -> jax.Array:
+        h, d = self.num_heads, self.d_kv
+        dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        query_init = scaled_init(attention_kernel_init, d**-0.5)
+        qkv_axes = ("embed", "joined_kv")
+        q = dense(h * d, qkv_axes, kernel_init=query_init, name="query")(inputs_q)
+        k = dense(h * d, qkv_axes, name="key")(inputs_kv)
+        v = dense(h * d, qkv_axes, name="value")(inputs_kv)
+        split = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+        q = constrain(q.reshape(*q.shape[:-1], h, d), split)
+        k = constrain(k.reshape(*k.shape[:-1], h, d), split)
+        v = constrain(v.reshape(*v.shape[:-1], h, d), split)
+
+        use_dropout = self.dropout_rate > 0 and not self.deterministic
+        impl = resolve_attention_impl(
+            self.impl,
+            dtype=self.dtype,
+            talking_heads=self.talking_heads,
+            dropout=use_dropout,
+            head_dim=d,
+        )
+        if bias is not None:
+            bias = bias.astype(self.dtype)
+        if impl == "plain":
+            mixes = {}
+            if self.talking_heads:
+                mix_init = nn.with_logical_partitioning(attention_kernel_init, ("heads", None))
+                for key in ("pre_softmax_mix", "post_softmax_mix"):
+                    mixes[key] = self.param(key, mix_init, (h, h), self.param_dtype)
+            out = plain_attention(
+                q,
+                k,
+                v,
+                bias,
+                mask,
+                is_causal=is_causal,
+                float32_logits=self.float32_logits,
+                dropout=nn.Dropout(self.dropout_rate) if use_dropout else None,
+                deterministic=self.deterministic,
+                **mixes,
+            )
+        else:
+            out = jax.nn.dot_product_attention(
+                q,
+                k,
+                v,
+                bias=bias,
+                mask=mask,
+                scale=1.0,
+                is_causal=is_causal,
+                implementation=impl,
+            )
+        out = constrain(out, split).reshape(*out.shape[:-2], h * d)
+        return dense(inputs_q.shape[-1], ("joined_kv", "embed"), name="out")(out)

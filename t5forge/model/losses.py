@@ -1,0 +1,88 @@
+"""Cross-entropy with z-loss and t5x's loss normalisation options.
+
+t5x (`t5x/losses.py`) adds z_loss * log(Z)^2 per token to the softmax cross-entropy, which keeps
+the partition function near 1 and stabilises bf16 training, and by default *sums* the loss over
+target tokens (LOSS_NORMALIZING_FACTOR None). Metrics are always also reported per real target
+token, the number comparable with published T5 losses.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NORMALIZATIONS = ("sum", "num_real_target_tokens", "num_total_target_tokens", "per_sequence")
+
+
+def cross_entropy_with_z_loss(
+    logits: jax.Array, targets: jax.Array, z_loss: float = 1e-4
+) -> tuple[jax.Array, jax.Array]:
+    """Per-token (cross-entropy + z-loss, z-loss), both float32 of shape targets.shape.
+
+    Cross-entropy = log Z - logit[target], with log Z = logsumexp(logits).
+    """
+    logits = logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    z_term = z_loss * jnp.square(log_z)
+    return log_z - target_logit + z_term, z_term
+
+
+def loss_weights(weights: jax.Array, normalization: str) -> tuple[jax.Array, jax.Array]:
+    """Per-token weights and the divisor that realise a t5x loss normalisation.
+
+    Computed once on the whole batch, so that microbatches (gradient accumulation) and
+    devices add up to exactly the loss of the whole batch.
+
+    normalization: "sum" (t5x's default: no division), "num_real_target_tokens",
+    "num_total_target_tokens", or "per_sequence" (every sequence's mean loss, summed, as
+    t5x's AVERAGE_PER_SEQUENCE).
+    """
+    weights = weights.astype(jnp.float32)
+    if normalization == "sum":
+        return weights, jnp.float32(1.0)
+    if normalization == "num_real_target_tokens":
+        return weights, jnp.maximum(jnp.sum(weights), 1.0)
+    if normalization == "num_total_target_tokens":
+        return weights, jnp.float32(weights.size)
+    if normalization == "per_sequence":
+        per_row = jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1.0)
+        return weights / per_row, jnp.float32(1.0)
+    raise ValueError(f"unknown loss normalization {normalization!r} (one of {NORMALIZATIONS})")
+
+
+def loss_and_metrics(
+    logits: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    *,
+    z_loss: float = 1e-4,
+    token_weights: jax.Array | None = None,
+    divisor: jax.Array | float = 1.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Training loss and summed metrics for one (micro)batch.
+
+    Args:
+      logits: (batch, length, vocab).
+      targets: (batch, length) token ids.
+      weights: (batch, length) 1 for real target tokens, 0 for padding.
+      z_loss: coefficient of log(Z)^2.
+      token_weights, divisor: from `loss_weights` (default: `weights`, 1 = summed loss).
+
+    Returns:
+      (loss, metrics); metrics are sums over the batch (they add up across microbatches and
+      devices): cross_entropy, z_loss, correct, weight (number of real target tokens).
+    """
+    weights = weights.astype(jnp.float32)
+    if token_weights is None:
+        token_weights = weights
+    total, z_term = cross_entropy_with_z_loss(logits, targets, z_loss)
+    loss = jnp.sum(total * token_weights) / divisor
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    metrics = {
+        "cross_entropy": jnp.sum((total - z_term) * weights),
+        "z_loss": jnp.sum(z_term * weights),
+        "correct": jnp.sum(correct * weights),
+        "weight": jnp.sum(weights),
+    }
+    return loss, metrics

@@ -1,0 +1,614 @@
+"""The training loop: one jitted step, sharded over a device mesh, with checkpoints and metrics.
+
+    state = init or restore
+    for step in range(start, steps):
+        state, metrics = train_step(state, batch(step))
+        every log_every: metrics -> metrics.jsonl / TensorBoard; stop on NaN/inf
+        every eval_every: validation loss
+        every checkpoint_every: orbax checkpoint (atomic, keep the newest N)
+
+Determinism: the batch of a step is a function of (seed, step) and the dropout key is
+fold_in(key(seed), step), so a run resumed from a checkpoint at step s computes the same
+losses after s as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from flax import struct
+
+from t5forge.model import sharding
+from t5forge.model.config import T5Config, get_config, train_flops
+from t5forge.model.losses import NORMALIZATIONS, loss_and_metrics, loss_weights
+from t5forge.model.network import Transformer
+from t5forge.model.optim import OptimizerConfig, make_optimizer
+
+# Dense bf16 peak FLOP/s by device kind, for MFU (spec sheets; SXM parts).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12, "L4": 121e12}
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradients became NaN/inf."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    output: str
+    model: str = "t5.1.1-small"
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    steps: int = 1000
+    batch_size: int = 128
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    z_loss: float = 1e-4
+    # None: "sum" for Adafactor (t5x), "num_real_target_tokens" for AdamW (nanoT5).
+    loss_normalization: str | None = None
+    grad_accum: int = 1
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_batches: int = 20
+    checkpoint_every: int = 1000  # 0: no checkpoints (benchmarks)
+    keep_checkpoints: int = 3
+    mesh: str | None = None
+    resume: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+    peak_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ValueError(f"--steps must be positive, got {self.steps}")
+        if self.grad_accum <= 0 or self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"--grad-accum {self.grad_accum} must divide --batch-size {self.batch_size}"
+            )
+        if self.loss_normalization is not None and self.loss_normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"--loss-normalization {self.loss_normalization!r}: one of {NORMALIZATIONS}"
+            )
+
+    @property
+    def normalization(self) -> str:
+        if self.loss_normalization is not None:
+            return self.loss_normalization
+        return "sum" if self.optimizer.name == "adafactor" else "num_real_target_tokens"
+
+    def model_config(self) -> T5Config:
+        return get_config(self.model, **dict(self.model_overrides))
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# The step functions
+
+
+def _apply(model: Transformer, params, batch, *, dropout_key=None):
+    packed = "encoder_segment_ids" in batch
+    return model.apply(
+        {"params": params},
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        batch["encoder_segment_ids"] if packed else None,
+        batch["decoder_segment_ids"] if packed else None,
+        deterministic=dropout_key is None,
+        rngs=None if dropout_key is None else {"dropout": dropout_key},
+    )
+
+
+def make_train_step(
+    model: Transformer,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config: TrainConfig,
+) -> Callable:
+    """train_step(state, batch) -> (state, metrics); metrics are sums over the batch."""
+    dropout = model.config.dropout_rate > 0
+    base_key = jax.random.key(config.seed + 1)
+
+    def microbatch_loss(params, micro, divisor, key):
+        logits = _apply(model, params, micro, dropout_key=key if dropout else None)
+        return loss_and_metrics(
+            logits,
+            micro["decoder_target_tokens"],
+            micro["decoder_loss_weights"],
+            z_loss=config.z_loss,
+            token_weights=micro["token_weights"],
+            divisor=divisor,
+        )
+
+    grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
+
+    def train_step(state: TrainState, batch):
+        batch = dict(batch)
+        batch["token_weights"], divisor = loss_weights(
+            batch["decoder_loss_weights"], config.normalization
+        )
+        key = jax.random.fold_in(base_key, state.step)
+        if config.grad_accum == 1:
+            (loss, metrics), grads = grad_fn(state.params, batch, divisor, key)
+        else:
+            # Microbatches in a scan: gradients of per-microbatch losses that share the
+            # whole batch's divisor add up to the whole batch's gradient.
+            micro = jax.tree.map(lambda a: a.reshape(config.grad_accum, -1, *a.shape[1:]), batch)
+
+            def accumulate(carry, inputs):
+                index, mb = inputs
+                micro_key = jax.random.fold_in(key, index)
+                (micro_loss, m), g = grad_fn(state.params, mb, divisor, micro_key)
+                return jax.tree.map(jnp.add, carry, (micro_loss, m, g)), None
+
+            zeros = jax.tree.map(
+                jnp.zeros_like,
+                (jnp.float32(0), {k: jnp.float32(0) for k in _METRIC_KEYS}, state.params),
+            )
+            (loss, metrics, grads), _ = jax.lax.scan(
+                accumulate, zeros, (jnp.arange(config.grad_accum), micro)
+            )
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics)
+        metrics.update(
+            loss=loss,
+            grad_norm=grad_norm,
+            learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
+        )
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+_METRIC_KEYS = ("cross_entropy", "z_loss", "correct", "weight")
+
+
+def make_eval_step(model: Transformer, config: TrainConfig) -> Callable:
+    def eval_step(params, batch):
+        logits = _apply(model, params, batch)
+        _, metrics = loss_and_metrics(
+            logits,
+            batch["decoder_target_tokens"],
+            batch["decoder_loss_weights"],
+            z_loss=config.z_loss,
+        )
+        return metrics
+
+    return eval_step
+
+
+# ---------------------------------------------------------------------------------------------
+# State creation, sharding, checkpoints
+
+
+def _dummy_batch(lengths: Mapping[str, int]):
+    return (
+        jnp.ones((1, lengths["inputs"]), jnp.int32),
+        jnp.ones((1, lengths["targets"]), jnp.int32),
+    )
+
+
+def _opt_state_shardings(opt_state_shapes, param_shardings, mesh):
+    """Optimizer-state leaves shaped like their parameter share its sharding; the rest
+    (factored Adafactor statistics, counters) are small and replicated."""
+    by_path = {
+        _param_path(path): s for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+    }
+    replicated = sharding.replicated(mesh)
+
+    def choose(path, leaf):
+        key = _param_path(path)
+        for length in range(len(key), 0, -1):
+            candidate = by_path.get(key[-length:])
+            if candidate is not None:
+                shape_ok = _sharded_shape_ok(candidate, leaf.shape)
+                return candidate if shape_ok else replicated
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(choose, opt_state_shapes)
+
+
+def _param_path(path) -> tuple[str, ...]:
+    return tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
+
+
+def _sharded_shape_ok(named: jax.sharding.NamedSharding, shape) -> bool:
+    spec = tuple(named.spec)
+    if len(spec) > len(shape):
+        return False
+    for dim, axes in zip(shape, spec, strict=False):
+        if axes is None:
+            continue
+        names = (axes,) if isinstance(axes, str) else axes
+        if dim % int(np.prod([named.mesh.shape[n] for n in names])):
+            return False
+    return True
+
+
+class Checkpoints:
+    """orbax checkpoints of the train state under DIR/checkpoints: periodic, atomic (orbax
+    writes to a temporary directory and renames it), keeping the newest `keep`."""
+
+    def __init__(self, directory: str, keep: int):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = os.path.abspath(os.path.join(directory, "checkpoints"))
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, meta: Mapping[str, Any]) -> None:
+        ocp = self._ocp
+        step = int(jax.device_get(state.step))
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_state_tree(state)),
+                meta=ocp.args.JsonSave(dict(meta)),
+            ),
+            force=True,
+        )
+
+    def restore(self, target: TrainState) -> tuple[TrainState, dict]:
+        ocp = self._ocp
+        step = self.manager.latest_step()
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            _state_tree(target),
+        )
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        tree = restored["state"]
+        state = TrainState(
+            step=tree["step"],
+            params=tree["params"],
+            opt_state=jax.tree.unflatten(
+                jax.tree.structure(target.opt_state), jax.tree.leaves(tree["opt_state"])
+            ),
+        )
+        return state, dict(restored["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _state_tree(state: TrainState) -> dict:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics over a logging interval
+
+
+def summarize(step_metrics: list[Mapping[str, float]]) -> dict[str, float]:
+    """Per-token averages over several steps of summed metrics."""
+    total = {k: sum(float(m[k]) for m in step_metrics) for k in _METRIC_KEYS}
+    tokens = max(total["weight"], 1.0)
+    return {
+        "loss": float(np.mean([float(m["loss"]) for m in step_metrics])),
+        "cross_entropy": total["cross_entropy"] / tokens,
+        "z_loss": total["z_loss"] / tokens,
+        "accuracy": total["correct"] / tokens,
+        "grad_norm": float(step_metrics[-1]["grad_norm"]),
+        "learning_rate": float(step_metrics[-1]["learning_rate"]),
+    }
+
+
+def _first_nonfinite(step_metrics: list[Mapping[str, float]], first_step: int):
+    for offset, m in enumerate(step_metrics):
+        for key in ("loss", "grad_norm"):
+            if not math.isfinite(float(m[key])):
+                return first_step + offset, key, float(m[key])
+    return None
+
+
+def peak_flops_per_device() -> float | None:
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if name in kind:
+            return flops
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _check_output(config: TrainConfig, checkpoints_exist: bool) -> None:
+    if checkpoints_exist and not config.resume:
+        raise FileExistsError(
+            f"--output {config.output} already holds checkpoints; pass --resume to continue "
+            "that run or choose another --output"
+        )
+
+
+def train(
+    config: TrainConfig,
+    train_data,
+    eval_data=None,
+    *,
+    on_step: Callable[[int, dict], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Trains `config.model` on `train_data` (an ArrayBatches or TaskBatches).
+
+    Returns a summary: final step, last train/eval metrics, throughput, checkpoint directory.
+    Raises TrainingDivergedError at the first step whose loss or gradient norm is not finite,
+    after which the newest checkpoint on disk is the last good state.
+    """
+    from t5forge.model.metrics import MetricsWriter
+
+    model_config = config.model_config()
+    lengths = train_data.lengths
+    os.makedirs(config.output, exist_ok=True)
+    checkpoints = Checkpoints(config.output, config.keep_checkpoints)
+    _check_output(config, checkpoints.latest_step() is not None)
+
+    mesh = sharding.make_mesh(config.mesh)
+    model = Transformer(model_config)
+    optimizer, schedule = make_optimizer(config.optimizer)
+    rules = sharding.LOGICAL_AXIS_RULES
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(model.init, jax.random.key(config.seed), *_dummy_batch(lengths))
+        param_shardings = sharding.logical_shardings(boxed["params"], mesh, rules)
+
+        def init_params(key):
+            return nn.meta.unbox(model.init(key, *_dummy_batch(lengths)))["params"]
+
+        params = jax.jit(init_params, out_shardings=param_shardings)(jax.random.key(config.seed))
+        opt_shapes = jax.eval_shape(optimizer.init, params)
+        opt_shardings = _opt_state_shardings(opt_shapes, param_shardings, mesh)
+        opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+        state = jax.device_put(
+            state,
+            TrainState(
+                step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings
+            ),
+        )
+
+        start = 0
+        if config.resume and checkpoints.latest_step() is not None:
+            state, meta = checkpoints.restore(state)
+            start = int(jax.device_get(state.step))
+            log(f"resumed from {checkpoints.directory} at step {start} ({meta.get('model')})")
+        if start >= config.steps:
+            log(f"nothing to do: the checkpoint is at step {start} >= --steps {config.steps}")
+
+        state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        batch_sharding = sharding.batch_sharding(mesh)
+        train_step = jax.jit(
+            make_train_step(model, optimizer, schedule, config),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            donate_argnums=(0,),
+        )
+        eval_step = jax.jit(
+            make_eval_step(model, config),
+            in_shardings=(param_shardings, batch_sharding),
+            out_shardings=sharding.replicated(mesh),
+        )
+
+        def to_device(batch):
+            global_shape = {n: (config.batch_size, *a.shape[1:]) for n, a in batch.items()}
+            return {
+                n: jax.make_array_from_process_local_data(batch_sharding, a, global_shape[n])
+                for n, a in batch.items()
+            }
+
+        eval_batches = None
+        if eval_data is not None:
+            eval_batches = [to_device(b) for b in eval_data.epoch_batches()[: config.eval_batches]]
+
+        writer = MetricsWriter(
+            config.output,
+            tensorboard=config.tensorboard,
+            resume_step=start if config.resume else None,
+            enabled=jax.process_index() == 0,
+        )
+        flops_per_example = train_flops(model_config, lengths["inputs"], lengths["targets"])
+        peak = config.peak_flops or peak_flops_per_device()
+        tokens_per_batch = config.batch_size * (lengths["inputs"] + lengths["targets"])
+        meta = {
+            "model": model_config.name,
+            "model_config": dataclasses.asdict(model_config),
+            "batch_size": config.batch_size,
+            "lengths": lengths,
+            "seed": config.seed,
+        }
+        _write_run_info(config, model_config, lengths)
+
+        def run_eval(step: int) -> dict[str, float] | None:
+            if not eval_batches:
+                return None
+            sums = [eval_step(state.params, b) for b in eval_batches]
+            sums = jax.device_get(sums)
+            tokens = max(sum(float(s["weight"]) for s in sums), 1.0)
+            result = {
+                "cross_entropy": sum(float(s["cross_entropy"]) for s in sums) / tokens,
+                "z_loss": sum(float(s["z_loss"]) for s in sums) / tokens,
+                "accuracy": sum(float(s["correct"]) for s in sums) / tokens,
+                "tokens": tokens,
+            }
+            result["loss"] = result["cross_entropy"] + result["z_loss"]
+            writer.write(step, result, split="eval")
+            return result
+
+        pending: list[dict] = []
+        pending_first = start
+        last_train: dict[str, float] = {}
+        last_eval: dict[str, float] | None = None
+        timed_steps, timed_seconds = 0, 0.0
+        interval_start = None
+        bar = _progress(config.steps, start, config.progress and jax.process_index() == 0)
+        batches: Iterator = train_data.iterate(start)
+
+        def flush(step_done: int) -> None:
+            """Fetch the pending metrics (steps up to `step_done`), check them, log them."""
+            nonlocal pending, pending_first, last_train, interval_start, timed_steps
+            nonlocal timed_seconds
+            if not pending:
+                return
+            fetched = jax.device_get(pending)
+            now = time.perf_counter()
+            bad = _first_nonfinite(fetched, pending_first + 1)
+            if bad is not None:
+                bad_step, key, value = bad
+                good = checkpoints.latest_step()
+                where = (
+                    f"the last good checkpoint is step {good} in {checkpoints.directory}"
+                    if good is not None
+                    else "no checkpoint was written yet"
+                )
+                raise TrainingDivergedError(
+                    f"step {bad_step}: {key} is {value}; training stopped, {where}"
+                )
+            summary = summarize(fetched)
+            if interval_start is not None:
+                seconds = now - interval_start
+                steps = len(fetched)
+                timed_steps += steps
+                timed_seconds += seconds
+                summary["seconds_per_step"] = seconds / steps
+                summary["tokens_per_second"] = tokens_per_batch * steps / seconds
+                summary["examples_per_second"] = config.batch_size * steps / seconds
+                if peak:
+                    summary["mfu"] = (flops_per_example * config.batch_size * steps / seconds) / (
+                        peak * jax.device_count()
+                    )
+            interval_start = now
+            writer.write(step_done, summary)
+            last_train = summary
+            pending = []
+            pending_first = step_done
+            if bar is not None:
+                bar.set_postfix(
+                    loss=f"{summary['cross_entropy']:.3f}",
+                    tok_s=f"{summary.get('tokens_per_second', 0):.0f}",
+                )
+
+        step = start
+        try:
+            for step in range(start, config.steps):
+                batch = to_device(next(batches))
+                state, metrics = train_step(state, batch)
+                pending.append(metrics)
+                done = step + 1
+                if done == start + 1:
+                    # The first step includes compilation: time from its end.
+                    flush(done)
+                elif done % config.log_every == 0 or done == config.steps:
+                    flush(done)
+                if on_step is not None:
+                    on_step(done, metrics)
+                if eval_batches and (done % config.eval_every == 0 or done == config.steps):
+                    flush(done)
+                    last_eval = run_eval(done)
+                    if last_eval is not None:
+                        log(
+                            f"step {done}: eval cross-entropy {last_eval['cross_entropy']:.4f}, "
+                            f"accuracy {last_eval['accuracy']:.4f}"
+                        )
+                if config.checkpoint_every > 0 and (
+                    done % config.checkpoint_every == 0 or done == config.steps
+                ):
+                    flush(done)  # never checkpoint a state that follows a NaN step
+                    checkpoints.save(state, {**meta, "step": done})
+                if interval_start is not None and not pending:
+                    # Evaluation and checkpoint time is not training throughput.
+                    interval_start = time.perf_counter()
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            checkpoints.close()
+            writer.close()
+
+    summary = {
+        "output": config.output,
+        "model": model_config.name,
+        "steps": config.steps,
+        "start_step": start,
+        "train": last_train,
+        "eval": last_eval,
+        "checkpoints": checkpoints.directory,
+        "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+        "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
+    }
+    if timed_steps:
+        summary["seconds_per_step"] = timed_seconds / timed_steps
+        summary["tokens_per_second"] = tokens_per_batch * timed_steps / timed_seconds
+    return summary
+
+
+def _write_run_info(config: TrainConfig, model_config: T5Config, lengths) -> None:
+    if jax.process_index() != 0:
+        return
+    info = {
+        "model": dataclasses.asdict(model_config),
+        "train": {
+            k: v
+            for k, v in dataclasses.asdict(config).items()
+            if k not in ("optimizer", "model_overrides")
+        },
+        "optimizer": dataclasses.asdict(config.optimizer),
+        "loss_normalization": config.normalization,
+        "lengths": dict(lengths),
+        "jax": jax.__version__,
+        "devices": [d.device_kind for d in jax.devices()],
+    }
+    path = os.path.join(config.output, "run.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def remove_run(directory: str) -> None:
+    """Deletes a run directory (used by the quickstart to start clean)."""
+    shutil.rmtree(directory, ignore_errors=True)
