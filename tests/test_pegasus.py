@@ -319,7 +319,8 @@ def test_dynamic_rouge_ratio_and_noise():
         positive = reference.scores > 0
         factors.append((example.scores[positive] / reference.scores[positive] - 1) / 0.2)
         shared_example = shared(text, seed)
-        shared_factors.append(shared_example.scores[:3] / reference.scores[:3])
+        if n >= 3 and (reference.scores[:3] > 0).all():
+            shared_factors.append(shared_example.scores[:3] / reference.scores[:3])
         plain = noiseless(text, seed)
         assert plain.selected.tolist() == reference.selected.tolist()
     # Scores times (1 + 0.2 * N(0, 0.2)): the factor's noise has std 0.2.
@@ -328,7 +329,6 @@ def test_dynamic_rouge_ratio_and_noise():
     assert abs(noise.mean()) < 0.03 and 0.17 < noise.std() < 0.23
     assert low > 5 and high > 2
     # The reference's quirk on request: the same noise by sentence index everywhere.
-    shared_factors = [f for f in shared_factors if f.size == 3 and np.all(np.isfinite(f))]
     assert len(shared_factors) > 10
     np.testing.assert_allclose(shared_factors, [shared_factors[0]] * len(shared_factors))
 

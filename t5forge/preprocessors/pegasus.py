@@ -104,13 +104,16 @@ def best_first(scores: np.ndarray) -> np.ndarray:
 
 
 def _check_probs(name: str, probs: Sequence[float], labels: Sequence[str]) -> np.ndarray:
+    """Cumulative thresholds of one probability per label; ValueError naming `name` if invalid."""
     values = np.asarray(probs, dtype=np.float64)
     if values.shape != (len(labels),) or (values < 0).any() or abs(values.sum() - 1) > 1e-6:
         raise ValueError(
             f"{name}={tuple(probs)!r}: need {len(labels)} non-negative probabilities "
             f"({', '.join(labels)}) that sum to 1"
         )
-    return np.cumsum(values)
+    cumulative = np.cumsum(values)
+    cumulative[-1] = 1.0  # so that every uniform draw in [0, 1) lands on an action
+    return cumulative
 
 
 def _sentence_encoder(vocabulary: Any) -> Callable[[str], list[int]]:

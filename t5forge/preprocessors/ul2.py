@@ -192,47 +192,56 @@ def ul2_lengths(
             f"ul2: inputs length {inputs_length} is too short (need >= {3 + reserved})"
         )
     budget = span_sentinel_budget(vocabulary)
-    out = []
-    for denoiser in denoisers:
-        if denoiser.mean_noise_span_length is None:  # S: no sentinels
-            tokens, _ = denoising.random_spans_helper(
-                inputs_length - reserved, denoiser.noise_density, 1.0, 0, 0
-            )
-        else:
-            tokens, _ = denoising.random_spans_helper(
-                inputs_length - reserved,
-                denoiser.noise_density,
-                denoiser.mean_noise_span_length,
-                1,
-                1,
-            )
-        while tokens > 2 and _encoded(tokens, denoiser, reserved)[0] > inputs_length:
-            tokens -= 1  # the helper counted 0 spans where the mask makes 1
-        shrunk = False
-        if _encoded(tokens, denoiser, reserved)[2] > budget:
-            needed = _encoded(tokens, denoiser, reserved)[2]
-            if sentinel_overflow == "error" or budget == 0:
-                raise ValueError(
-                    f"ul2 denoiser {denoiser.name} at inputs length {inputs_length}: {needed} "
-                    f"noise spans need {needed} sentinels, but the vocabulary leaves "
-                    f"{budget} (its sentinels minus the 5 reserved ids); use a vocabulary "
-                    "with more extra ids (PATH.model:N), a shorter inputs length, or "
-                    "sentinel_overflow='shrink'"
-                )
-            while _encoded(tokens, denoiser, reserved)[2] > budget:
-                tokens -= 1
-            shrunk = True
-        inputs, targets, spans = _encoded(tokens, denoiser, reserved)
-        if targets > targets_length:
-            raise ValueError(
-                f"ul2 denoiser {denoiser.name}: inputs length {inputs_length} makes targets of "
-                f"{targets} tokens, but the configured targets length is only {targets_length}"
-            )
-        out.append(DenoiserLengths(tokens, inputs, targets, spans, shrunk))
-    return out
+    return [
+        _denoiser_lengths(
+            denoiser, inputs_length, targets_length, reserved, budget, sentinel_overflow
+        )
+        for denoiser in denoisers
+    ]
+
+
+def _denoiser_lengths(
+    denoiser: Denoiser,
+    inputs_length: int,
+    targets_length: int,
+    reserved: int,
+    budget: int,
+    sentinel_overflow: str,
+) -> DenoiserLengths:
+    """One denoiser's lengths for `ul2_lengths` (arguments as there; `reserved`: mode tokens)."""
+    if denoiser.mean_noise_span_length is None:  # S: no sentinels
+        tokens, _ = denoising.random_spans_helper(
+            inputs_length - reserved, denoiser.noise_density, 1.0, 0, 0
+        )
+    else:
+        tokens, _ = denoising.random_spans_helper(
+            inputs_length - reserved, denoiser.noise_density, denoiser.mean_noise_span_length, 1, 1
+        )
+    while tokens > 2 and _encoded(tokens, denoiser, reserved)[0] > inputs_length:
+        tokens -= 1  # the helper counted 0 spans where the mask makes 1
+    needed = _encoded(tokens, denoiser, reserved)[2]
+    shrunk = needed > budget
+    if shrunk and (sentinel_overflow == "error" or budget == 0):
+        raise ValueError(
+            f"ul2 denoiser {denoiser.name} at inputs length {inputs_length}: {needed} "
+            f"noise spans need {needed} sentinels, but the vocabulary leaves "
+            f"{budget} (its sentinels minus the 5 reserved ids); use a vocabulary "
+            "with more extra ids (PATH.model:N), a shorter inputs length, or "
+            "sentinel_overflow='shrink'"
+        )
+    while _encoded(tokens, denoiser, reserved)[2] > budget:
+        tokens -= 1  # spans never grow as a segment shortens
+    inputs, targets, spans = _encoded(tokens, denoiser, reserved)
+    if targets > targets_length:
+        raise ValueError(
+            f"ul2 denoiser {denoiser.name}: inputs length {inputs_length} makes targets of "
+            f"{targets} tokens, but the configured targets length is only {targets_length}"
+        )
+    return DenoiserLengths(tokens, inputs, targets, spans, shrunk)
 
 
 def _check_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
+    """Sampling probabilities from per-denoiser weights (None: uniform); ValueError if invalid."""
     if weights is None:
         return np.full(count, 1.0 / count)
     values = np.asarray(weights, dtype=np.float64)
