@@ -78,7 +78,7 @@ def _add_runner_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t5forge",
-        description="From Common Crawl WET files to T5-family pretraining data.",
+        description="From Common Crawl WET files to a validated T5-family pretraining run.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -295,6 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("directory", metavar="DIR")
     p.set_defaults(handler=_run_report)
+
+    from t5forge.model import commands  # argparse only; JAX is imported by the handlers
+
+    commands.add_parsers(sub)
+
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole story on the demo data: corpus, vocabulary, tasks, a tiny T5, curves",
+        description="Build the demo C4 corpus, train a SentencePiece model on it, register the "
+        "span-corruption task, train a tiny T5 on CPU and draw its loss curves into DIR. A few "
+        "minutes on 2 cores.",
+    )
+    p.add_argument("--output", default="t5forge-quickstart", metavar="DIR")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--vocab-size", type=int, default=2000)
+    p.add_argument("--overwrite", action="store_true", help="start over in an existing DIR")
+    p.set_defaults(handler=_run_quickstart)
     return parser
 
 
@@ -660,6 +678,20 @@ def _run_report(args, beam_args: list[str]) -> int:
     path = report.write_report(args.directory)
     print(report.format_table(stats))
     print(f"report: {os.path.abspath(path)}")
+    return 0
+
+
+def _run_quickstart(args, extra: list[str]) -> int:
+    from t5forge.quickstart import quickstart
+
+    _no_extra_args(extra)
+    quickstart(
+        args.output,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        vocab_size=args.vocab_size,
+        overwrite=args.overwrite,
+    )
     return 0
 
 

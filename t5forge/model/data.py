@@ -164,8 +164,10 @@ def task_arrays(
     pack: bool = False,
     seed: int = 0,
     shuffle: bool = True,
+    num_epochs: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """`examples` converted examples of a seqio task or mixture (needs TensorFlow)."""
+    """Up to `examples` converted examples of a seqio task or mixture (needs TensorFlow);
+    num_epochs=1 stops after one pass over the data."""
     try:
         import seqio
     except ImportError as e:
@@ -180,7 +182,7 @@ def task_arrays(
     except ValueError as e:
         raise DataError(f"--task {task}: not a registered seqio task or mixture") from e
     dataset = provider.get_dataset(
-        dict(sequence_length), split=split, shuffle=shuffle, seed=seed, num_epochs=None
+        dict(sequence_length), split=split, shuffle=shuffle, seed=seed, num_epochs=num_epochs
     )
     converted = feature_converter("encdec", pack)(dataset, dict(sequence_length))
     rows: dict[str, list] = {}

@@ -370,8 +370,12 @@ def train(
     *,
     on_step: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] = print,
+    init_params: Any | None = None,
 ) -> dict:
     """Trains `config.model` on `train_data` (an ArrayBatches or TaskBatches).
+
+    `init_params` (e.g. an imported Hugging Face checkpoint) replaces the random
+    initialisation of a new run (continued pretraining, fine-tuning); ignored on --resume.
 
     Returns a summary: final step, last train/eval metrics, throughput, checkpoint directory.
     Raises TrainingDivergedError at the first step whose loss or gradient norm is not finite,
@@ -379,6 +383,7 @@ def train(
     """
     from t5forge.model.metrics import MetricsWriter
 
+    initial = init_params
     model_config = config.model_config()
     lengths = train_data.lengths
     os.makedirs(config.output, exist_ok=True)
@@ -394,10 +399,15 @@ def train(
         boxed = jax.eval_shape(model.init, jax.random.key(config.seed), *_dummy_batch(lengths))
         param_shardings = sharding.logical_shardings(boxed["params"], mesh, rules)
 
-        def init_params(key):
+        def random_params(key):
             return nn.meta.unbox(model.init(key, *_dummy_batch(lengths)))["params"]
 
-        params = jax.jit(init_params, out_shardings=param_shardings)(jax.random.key(config.seed))
+        if initial is None:
+            params = jax.jit(random_params, out_shardings=param_shardings)(
+                jax.random.key(config.seed)
+            )
+        else:
+            params = _place_params(initial, boxed["params"], param_shardings)
         opt_shapes = jax.eval_shape(optimizer.init, params)
         opt_shardings = _opt_state_shardings(opt_shapes, param_shardings, mesh)
         opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
@@ -472,8 +482,9 @@ def train(
                 "accuracy": sum(float(s["correct"]) for s in sums) / tokens,
                 "tokens": tokens,
             }
-            result["loss"] = result["cross_entropy"] + result["z_loss"]
             writer.write(step, result, split="eval")
+            # Per token, unlike the train "loss" (which follows --loss-normalization).
+            result["loss"] = result["cross_entropy"] + result["z_loss"]
             return result
 
         pending: list[dict] = []
@@ -585,6 +596,30 @@ def train(
     return summary
 
 
+def _place_params(initial, boxed_shapes, shardings):
+    """Checks `initial` against the model's parameter tree and places it on the mesh."""
+    expected = nn.meta.unbox(boxed_shapes)
+    want = {
+        "/".join(_param_path(p)): x.shape
+        for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]
+    }
+    have = {
+        "/".join(_param_path(p)): np.shape(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(initial)[0]
+    }
+    if want != have:
+        missing = sorted(set(want) - set(have))[:5]
+        extra = sorted(set(have) - set(want))[:5]
+        shapes = [k for k in set(want) & set(have) if want[k] != have[k]][:5]
+        raise ValueError(
+            "initial parameters do not match the model: "
+            f"missing {missing}, unexpected {extra}, shape mismatches {shapes}"
+        )
+    return jax.tree.map(
+        lambda x, s: jax.device_put(np.asarray(x, np.float32), s), initial, shardings
+    )
+
+
 def _write_run_info(config: TrainConfig, model_config: T5Config, lengths) -> None:
     if jax.process_index() != 0:
         return
@@ -612,3 +647,28 @@ def _write_run_info(config: TrainConfig, model_config: T5Config, lengths) -> Non
 def remove_run(directory: str) -> None:
     """Deletes a run directory (used by the quickstart to start clean)."""
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def load_run_params(directory: str, step: int | None = None) -> tuple[T5Config, Any]:
+    """(model config, parameters as numpy) of a run's newest (or given) checkpoint."""
+    import orbax.checkpoint as ocp
+
+    info_path = os.path.join(directory, "run.json")
+    if not os.path.exists(info_path):
+        raise FileNotFoundError(f"{directory}: not a t5forge training run (no run.json)")
+    with open(info_path, encoding="utf-8") as f:
+        fields = json.load(f)["model"]
+    for name in ("activations", "layer_heads", "layer_d_ff"):
+        if fields.get(name) is not None:
+            fields[name] = tuple(fields[name])
+    model_config = T5Config(**fields)
+    checkpoints = Checkpoints(directory, keep=1_000_000)
+    step = checkpoints.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{directory}: no checkpoint in {checkpoints.directory}")
+    restored = checkpoints.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )
+    checkpoints.close()
+    params = jax.tree.map(np.asarray, restored["state"]["params"])
+    return model_config, params

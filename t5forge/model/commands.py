@@ -1,0 +1,433 @@
+"""`t5forge train`, `plot`, `model-info`, `import-hf`, `export-hf` and `quickstart`.
+
+Argument parsers only at import (argparse); JAX, TensorFlow and matplotlib are imported by
+the handlers, so `t5forge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_DIVERGED = 3
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """["dropout_rate=0.1", "attention_impl=xla"] -> typed dict (ints, floats, bools, text)."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--override {pair!r}: expected FIELD=VALUE")
+        out[key.strip()] = _typed(value.strip())
+    return out
+
+
+def _typed(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def add_parsers(sub) -> None:
+    """Adds the model and training subcommands to the `t5forge` parser."""
+    p = sub.add_parser(
+        "model-info",
+        help="parameters, shapes and FLOPs of a named T5 architecture",
+        description="Print a named architecture's shapes, parameter count and training "
+        "FLOPs per example/token (no parameters are allocated).",
+    )
+    p.add_argument(
+        "name", nargs="?", metavar="NAME", help="e.g. t5.1.1-base, t5-efficient-small-el16"
+    )
+    p.add_argument("--list", action="store_true", help="list the named architectures")
+    p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--sequence-length", default="inputs=512,targets=114", metavar="LENGTHS")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_model_info)
+
+    p = sub.add_parser(
+        "train",
+        help="pretrain a T5-family model on a task or an exported file",
+        description="Train a T5-family model with JAX on a seqio task (needs TensorFlow) or "
+        "a `t5forge export` file (numpy only). Writes checkpoints, metrics.jsonl and "
+        "TensorBoard events to --output; --resume continues an interrupted run exactly.",
+    )
+    _add_train_args(p)
+    p.set_defaults(handler=run_train)
+
+    p = sub.add_parser(
+        "plot",
+        help="draw a training run's loss and throughput curves",
+        description="Read DIR/metrics.jsonl and write DIR/curves.png.",
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--output", metavar="PNG")
+    p.set_defaults(handler=run_plot)
+
+    p = sub.add_parser(
+        "import-hf",
+        help="download or convert a Hugging Face T5 checkpoint",
+        description="Read a Hugging Face T5/mT5/umT5/ByT5 checkpoint (a local directory, or a "
+        "hub repo id that is downloaded) and print its architecture; with --output, write the "
+        "parameters as a t5forge initial-parameters file for `t5forge train --init-from`.",
+    )
+    p.add_argument("source", metavar="DIR_OR_REPO")
+    p.add_argument("--download-dir", metavar="DIR", help="where a hub checkpoint is saved")
+    p.add_argument("--revision", default="main")
+    p.set_defaults(handler=run_import_hf)
+
+    p = sub.add_parser(
+        "export-hf",
+        help="write a training run's newest checkpoint as a Hugging Face checkpoint",
+        description="Convert the newest checkpoint of a `t5forge train` run into "
+        "model.safetensors + config.json that transformers loads.",
+    )
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=run_export_hf)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="t5.1.1-small", help="named architecture (model-info --list)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="model config field, e.g. dropout_rate=0.1, vocab_size=32128, attention_impl=xla",
+    )
+    data = p.add_argument_group("data (one of --data or --task)")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="FILE.npz", help="a `t5forge export` file")
+    source.add_argument("--task", metavar="NAME", help="a seqio task or mixture (TensorFlow)")
+    data.add_argument("--corpus", metavar="DIR", help="register t5forge's tasks over DIR first")
+    data.add_argument("--vocab", metavar="SPEC", help="vocabulary for --corpus tasks")
+    data.add_argument("--prefix", default="corpus", help="task prefix for --corpus")
+    data.add_argument("--module", action="append", default=[], help="import MODULE first")
+    data.add_argument("--split", default="train")
+    data.add_argument("--sequence-length", default="inputs=512,targets=114", metavar="LENGTHS")
+    data.add_argument("--pack", action="store_true", help="pack --task examples")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval-data", metavar="FILE.npz", help="exported validation examples")
+    ev.add_argument("--eval-split", metavar="SPLIT", help="validation split of --task")
+    ev.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this fraction of --data's examples for evaluation",
+    )
+    ev.add_argument("--eval-every", type=int, default=1000, metavar="K")
+    ev.add_argument("--eval-batches", type=int, default=20, metavar="N")
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--steps", type=int, required=True)
+    opt.add_argument("--batch-size", type=int, default=128)
+    opt.add_argument("--grad-accum", type=int, default=1, metavar="N", help="microbatches/step")
+    opt.add_argument(
+        "--optimizer", default="adafactor", choices=["adafactor", "adamw-scaled", "adamw"]
+    )
+    opt.add_argument(
+        "--lr-schedule", default=None, choices=["rsqrt", "cosine", "constant", "linear"]
+    )
+    opt.add_argument("--learning-rate", type=float, help="peak rate (default per optimizer)")
+    opt.add_argument("--warmup-steps", type=int, default=10_000)
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--grad-clip", type=float, help="global-norm clipping (0: off)")
+    opt.add_argument("--z-loss", type=float, default=1e-4)
+    opt.add_argument(
+        "--loss-normalization",
+        choices=["sum", "num_real_target_tokens", "num_total_target_tokens", "per_sequence"],
+        help="default: sum for Adafactor (t5x), num_real_target_tokens for AdamW",
+    )
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--init-from", metavar="HF_DIR", help="start from a Hugging Face checkpoint")
+    run = p.add_argument_group("run")
+    run.add_argument("--output", required=True, metavar="DIR")
+    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    run.add_argument("--checkpoint-every", type=int, default=1000, metavar="K")
+    run.add_argument("--keep-checkpoints", type=int, default=3, metavar="N")
+    run.add_argument("--log-every", type=int, default=50, metavar="K")
+    run.add_argument("--no-tensorboard", action="store_true")
+    run.add_argument("--no-progress", action="store_true")
+    run.add_argument(
+        "--mesh",
+        metavar="data=N,fsdp=N,tensor=N",
+        help="device mesh (default: data parallel over all devices)",
+    )
+    dist = p.add_argument_group(
+        "multi-host (jax.distributed; on Cloud TPU and SLURM/Open MPI clusters the values are "
+        "auto-detected with --distributed alone)"
+    )
+    dist.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize")
+    dist.add_argument("--coordinator-address", metavar="HOST:PORT")
+    dist.add_argument("--num-processes", type=int)
+    dist.add_argument("--process-id", type=int)
+
+
+def _initialize_distributed(args) -> None:
+    if not (args.distributed or args.coordinator_address):
+        return
+    import jax
+
+    kwargs = {}
+    if args.coordinator_address:
+        kwargs["coordinator_address"] = args.coordinator_address
+    if args.num_processes is not None:
+        kwargs["num_processes"] = args.num_processes
+    if args.process_id is not None:
+        kwargs["process_id"] = args.process_id
+    jax.distributed.initialize(**kwargs)
+
+
+def _register_tasks(args) -> None:
+    import importlib
+
+    for module in args.module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"--module {module}: cannot import ({e})") from e
+    if args.corpus:
+        if not args.vocab:
+            raise ValueError("--corpus needs --vocab SPEC")
+        from t5forge.pipelines import register_corpus_tasks
+
+        register_corpus_tasks(args.prefix, args.corpus, args.vocab)
+
+
+def _split_holdout(arrays, fraction: float, source: str):
+    count = len(next(iter(arrays.values())))
+    held = int(round(count * fraction))
+    if not 0 < held < count:
+        raise ValueError(f"--eval-fraction {fraction} leaves no train or eval examples of {source}")
+    train = {k: v[: count - held] for k, v in arrays.items()}
+    held_out = {k: v[count - held :] for k, v in arrays.items()}
+    return train, held_out
+
+
+def build_data(args, process_index: int = 0, process_count: int = 1):
+    """(train batches, eval batches or None) from the command's data arguments."""
+    from t5forge.model import data
+
+    common = dict(process_index=process_index, process_count=process_count)
+    eval_batches = None
+    if args.data:
+        arrays = data.load_exported(args.data)
+        if args.eval_fraction:
+            arrays, held = _split_holdout(arrays, args.eval_fraction, args.data)
+            eval_batches = data.ArrayBatches(
+                held, args.batch_size, shuffle=False, name=args.data, **common
+            )
+        train_batches = data.ArrayBatches(
+            arrays, args.batch_size, seed=args.seed, name=args.data, **common
+        )
+    else:
+        from t5forge.pipelines.export import parse_sequence_length
+
+        _register_tasks(args)
+        lengths = parse_sequence_length(args.sequence_length)
+        train_batches = data.TaskBatches(
+            args.task,
+            args.batch_size,
+            split=args.split,
+            sequence_length=lengths,
+            pack=args.pack,
+            seed=args.seed,
+            **common,
+        )
+        if args.eval_split:
+            held = data.task_arrays(
+                args.task,
+                split=args.eval_split,
+                sequence_length=lengths,
+                examples=args.eval_batches * args.batch_size,
+                pack=args.pack,
+                shuffle=False,
+            )
+            eval_batches = data.ArrayBatches(held, args.batch_size, shuffle=False, **common)
+    if args.eval_data:
+        eval_batches = data.ArrayBatches(
+            data.load_exported(args.eval_data),
+            args.batch_size,
+            shuffle=False,
+            name=args.eval_data,
+            **common,
+        )
+    return train_batches, eval_batches
+
+
+def train_config_from_args(args):
+    from t5forge.model.optim import OptimizerConfig
+    from t5forge.model.trainer import TrainConfig
+
+    schedule = args.lr_schedule or ("rsqrt" if args.optimizer == "adafactor" else "cosine")
+    return TrainConfig(
+        output=args.output,
+        model=args.model,
+        model_overrides=_overrides(args.override),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        optimizer=OptimizerConfig(
+            name=args.optimizer,
+            schedule=schedule,
+            learning_rate=args.learning_rate,
+            warmup_steps=args.warmup_steps,
+            total_steps=args.steps,
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+        ),
+        z_loss=args.z_loss,
+        loss_normalization=args.loss_normalization,
+        grad_accum=args.grad_accum,
+        seed=args.seed,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        mesh=args.mesh,
+        resume=args.resume,
+        tensorboard=not args.no_tensorboard,
+        progress=not args.no_progress,
+    )
+
+
+def run_train(args, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unknown arguments: {' '.join(extra)}")
+    config = train_config_from_args(args)  # validates before anything heavy is imported
+    config.model_config()
+    _initialize_distributed(args)
+    import jax
+
+    from t5forge.model.trainer import TrainingDivergedError, train
+
+    train_batches, eval_batches = build_data(args, jax.process_index(), jax.process_count())
+    init_params = None
+    if args.init_from and not args.resume:
+        from t5forge.model.hf_checkpoint import load_hf_checkpoint
+
+        hf_config, init_params = load_hf_checkpoint(args.init_from)
+        mine = config.model_config()
+        for field in ("vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "activations"):
+            if getattr(hf_config, field) != getattr(mine, field):
+                raise ValueError(
+                    f"--init-from {args.init_from}: {field} is {getattr(hf_config, field)}, "
+                    f"--model {args.model} has {getattr(mine, field)}"
+                )
+    try:
+        summary = train(config, train_batches, eval_batches, init_params=init_params)
+    except TrainingDivergedError as e:
+        print(f"t5forge train: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print(
+            f"t5forge train: interrupted; continue with --resume --output {args.output}",
+            file=sys.stderr,
+        )
+        return 130
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    train = summary.get("train") or {}
+    line = (
+        f"trained {summary['model']} ({summary['parameters']:,} parameters) to step "
+        f"{summary['steps']} on {summary['devices']} device(s)"
+    )
+    if train:
+        line += f": train cross-entropy {train['cross_entropy']:.4f}"
+    if summary.get("eval"):
+        line += f", eval cross-entropy {summary['eval']['cross_entropy']:.4f}"
+    if summary.get("tokens_per_second"):
+        line += f", {summary['tokens_per_second']:,.0f} tokens/s"
+    print(line)
+    print(f"checkpoints: {summary['checkpoints']}")
+    print(f"metrics: {os.path.join(summary['output'], 'metrics.jsonl')}")
+
+
+def run_plot(args, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unknown arguments: {' '.join(extra)}")
+    from t5forge.model.plot import plot_run
+
+    print(f"curves: {plot_run(args.directory, args.output)}")
+    return 0
+
+
+def run_model_info(args, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unknown arguments: {' '.join(extra)}")
+    from t5forge.model.config import available_configs, describe, get_config
+    from t5forge.pipelines.export import parse_sequence_length
+
+    if args.list or not args.name:
+        for name in available_configs():
+            print(name)
+        print("t5-efficient-<size>[-el|dl|nl|ff|dm|kv|nh<N>...]   (e.g. t5-efficient-small-el16)")
+        return 0 if args.list else 2
+    lengths = parse_sequence_length(args.sequence_length)
+    info = describe(
+        get_config(args.name, **_overrides(args.override)),
+        (lengths.get("inputs", 512), lengths.get("targets", 114)),
+    )
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "parameters":
+            value = f"{value:,} ({value / 1e6:.2f}M)"
+        elif key.startswith("train_flops"):
+            value = f"{value:.4g} ({value / 1e9:.2f} GFLOP)"
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def run_import_hf(args, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unknown arguments: {' '.join(extra)}")
+    from t5forge.model import hf_checkpoint
+    from t5forge.model.config import describe
+
+    source = args.source
+    if not os.path.exists(source):
+        target = args.download_dir or os.path.join("hf-checkpoints", source.replace("/", "--"))
+        hf_checkpoint.download_hf_checkpoint(source, target, revision=args.revision)
+        source = target
+    config, params = hf_checkpoint.load_hf_checkpoint(source)
+    info = describe(config)
+    print(f"checkpoint: {os.path.abspath(source)}")
+    print(
+        f"architecture: d_model {config.d_model}, d_ff {config.d_ff}, heads {config.num_heads}x"
+        f"{config.d_kv}, layers {config.num_encoder_layers}/{config.num_decoder_layers}, "
+        f"vocab {config.vocab_size}, {info['mlp']}, "
+        f"{'tied' if config.tie_embeddings else 'untied'} classifier"
+    )
+    print(f"parameters: {info['parameters']:,}")
+    print(
+        f"train from it: t5forge train --init-from {source} --override ... --model <matching name>"
+    )
+    return 0
+
+
+def run_export_hf(args, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unknown arguments: {' '.join(extra)}")
+    from t5forge.model.hf_checkpoint import save_hf_checkpoint
+    from t5forge.model.trainer import load_run_params
+
+    config, params = load_run_params(args.run)
+    save_hf_checkpoint(params, config, args.output, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {args.output} ({config.name})")
+    return 0
