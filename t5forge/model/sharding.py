@@ -104,15 +104,21 @@ def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec
     return PartitionSpec(*fitted)
 
 
-def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-    """NamedShardings for a tree of (abstract) params boxed with logical axis names."""
-    logical_specs = nn.get_partition_spec(boxed_tree)
-    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
-    shapes = jax.tree.map(
+def boxed_shapes(boxed_tree):
+    """Shapes of a tree of (abstract) boxed params, without unboxing (which would apply
+    sharding constraints inside a mesh context)."""
+    return jax.tree.map(
         lambda x: x.value.shape if isinstance(x, nn.Partitioned) else x.shape,
         boxed_tree,
         is_leaf=lambda x: isinstance(x, nn.Partitioned),
     )
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """NamedShardings for a tree of (abstract) params boxed with logical axis names."""
+    logical_specs = nn.get_partition_spec(boxed_tree)
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+    shapes = boxed_shapes(boxed_tree)
     return jax.tree.map(
         lambda spec, shape: NamedSharding(mesh, _fit(spec, shape, mesh)),
         mesh_specs,

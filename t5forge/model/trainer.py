@@ -164,7 +164,7 @@ def make_train_step(
             (loss, metrics, grads), _ = jax.lax.scan(
                 accumulate, zeros, (jnp.arange(config.grad_accum), micro)
             )
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics)
@@ -598,10 +598,12 @@ def train(
 
 def _place_params(initial, boxed_shapes, shardings):
     """Checks `initial` against the model's parameter tree and places it on the mesh."""
-    expected = nn.meta.unbox(boxed_shapes)
+    expected = sharding.boxed_shapes(boxed_shapes)
     want = {
-        "/".join(_param_path(p)): x.shape
-        for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]
+        "/".join(_param_path(p)): tuple(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(
+            expected, is_leaf=lambda x: isinstance(x, tuple)
+        )[0]
     }
     have = {
         "/".join(_param_path(p)): np.shape(x)

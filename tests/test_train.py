@@ -1,0 +1,374 @@
+"""The trainer end to end on CPU: real span-corruption data from the shared WET files."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import PYTHON_DOCS_WET
+
+from t5forge.beam_jobs import wet
+from t5forge.cli import main as cli
+
+SPM = os.path.join(os.path.dirname(__file__), "fixtures", "objectives", "spm2000.model")
+VOCAB = 2176  # 2000 pieces + 100 sentinels, rounded up to a multiple of 128
+LENGTHS = {"inputs": 128, "targets": 29}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def span_arrays(tmp_path_factory):
+    """Span-corruption examples (inputs 128) of real pages, in document order, through the
+    same task registration and feature converter as `t5forge train --task`."""
+    from t5forge.model.data import task_arrays
+    from t5forge.pipelines import register_corpus_tasks
+
+    corpus = tmp_path_factory.mktemp("corpus")
+    pages = list(wet.read_wet_file(PYTHON_DOCS_WET))[:120]
+    for split, chunk in (("train", pages[:110]), ("validation", pages[110:])):
+        with gzip.open(corpus / f"c4-{split}.00000-of-00001.json.gz", "wt") as f:
+            for page in chunk:
+                f.write(
+                    json.dumps({"url": page.url, "timestamp": page.timestamp, "text": page.text})
+                )
+                f.write("\n")
+    register_corpus_tasks("trainer_test", str(corpus), SPM, replace=True)
+    common = dict(sequence_length=LENGTHS, examples=10**9, shuffle=False, num_epochs=1)
+    train = task_arrays("trainer_test_span_corruption", split="train", **common)
+    held = task_arrays("trainer_test_span_corruption", split="validation", **common)
+    return train, held
+
+
+def _config(output, **kw):
+    from t5forge.model.optim import OptimizerConfig
+    from t5forge.model.trainer import TrainConfig
+
+    defaults = dict(
+        output=str(output),
+        model="t5.1.1-tiny",
+        model_overrides={"vocab_size": VOCAB, "dtype": "float32"},
+        steps=12,
+        batch_size=8,
+        log_every=1,
+        eval_every=1000,
+        checkpoint_every=4,
+        progress=False,
+        optimizer=OptimizerConfig(name="adafactor"),
+    )
+    defaults.update(kw)
+    return TrainConfig(**defaults)
+
+
+def _train_rows(directory):
+    from t5forge.model.metrics import read_metrics
+
+    return {m["step"]: m for m in read_metrics(str(directory)) if m["split"] == "train"}
+
+
+def test_real_data_is_span_corruption(span_arrays):
+    train, held = span_arrays
+    assert len(train["encoder_input_tokens"]) > 200 and len(held["encoder_input_tokens"]) >= 16
+    inputs = train["encoder_input_tokens"]
+    sentinels = (inputs >= 2000) & (inputs < 2100)
+    assert sentinels.any(axis=1).mean() > 0.95  # masked spans in nearly every example
+    assert (train["decoder_loss_weights"].sum(axis=1) > 10).all()
+
+
+def test_loss_falls_on_real_span_corruption(tmp_path, span_arrays):
+    from t5forge.model.data import ArrayBatches
+    from t5forge.model.trainer import train
+
+    train_arrays, held = span_arrays
+    config = _config(
+        tmp_path,
+        steps=80,
+        batch_size=16,
+        log_every=10,
+        eval_every=40,
+        checkpoint_every=0,
+        eval_batches=4,
+    )
+    summary = train(
+        config,
+        ArrayBatches(train_arrays, 16, seed=0),
+        ArrayBatches(held, 16, shuffle=False),
+        log=lambda s: None,
+    )
+    rows = _train_rows(tmp_path)
+    assert rows[1]["cross_entropy"] > np.log(VOCAB) - 0.5  # starts near uniform
+    assert summary["train"]["cross_entropy"] < rows[1]["cross_entropy"] - 2.0
+    assert summary["eval"]["cross_entropy"] < rows[1]["cross_entropy"] - 1.5
+    assert 0.05 < summary["eval"]["accuracy"] < 1.0
+
+
+def test_resume_after_interruption_reproduces_losses(tmp_path, span_arrays):
+    from t5forge.model.data import ArrayBatches
+    from t5forge.model.trainer import train
+
+    arrays, _ = span_arrays
+    overrides = {"vocab_size": VOCAB, "dtype": "float32", "dropout_rate": 0.1}
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    train(_config(straight, model_overrides=overrides), ArrayBatches(arrays, 8), log=lambda s: 0)
+
+    def interrupt(step, metrics):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            _config(broken, model_overrides=overrides),
+            ArrayBatches(arrays, 8),
+            on_step=interrupt,
+            log=lambda s: 0,
+        )
+    assert max(_train_rows(broken)) == 7
+    messages = []
+    train(
+        _config(broken, model_overrides=overrides, resume=True),
+        ArrayBatches(arrays, 8),
+        log=messages.append,
+    )
+    assert any("resumed" in m and "step 4" in m for m in messages)
+    a, b = _train_rows(straight), _train_rows(broken)
+    assert sorted(a) == sorted(b) == list(range(1, 13))  # each step logged once
+    for step in range(5, 13):
+        assert b[step]["cross_entropy"] == a[step]["cross_entropy"], step
+        assert b[step]["grad_norm"] == a[step]["grad_norm"], step
+
+
+def test_gradient_accumulation_equals_whole_batch(tmp_path, span_arrays):
+    from t5forge.model.data import ArrayBatches
+    from t5forge.model.optim import OptimizerConfig
+    from t5forge.model.trainer import train
+
+    arrays, _ = span_arrays
+    adamw = OptimizerConfig(name="adamw-scaled", schedule="constant", learning_rate=1e-3)
+    runs = {}
+    for accum in (1, 4):
+        out = tmp_path / f"accum{accum}"
+        train(
+            _config(out, steps=4, grad_accum=accum, optimizer=adamw, checkpoint_every=0),
+            ArrayBatches(arrays, 8),
+            log=lambda s: 0,
+        )
+        runs[accum] = _train_rows(out)
+    for step in range(1, 5):
+        assert runs[4][step]["loss"] == pytest.approx(runs[1][step]["loss"], rel=1e-4)
+        assert runs[4][step]["grad_norm"] == pytest.approx(runs[1][step]["grad_norm"], rel=1e-4)
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, span_arrays):
+    from t5forge.model.data import ArrayBatches
+    from t5forge.model.optim import OptimizerConfig
+    from t5forge.model.trainer import Checkpoints, TrainingDivergedError, load_run_params, train
+
+    arrays, _ = span_arrays
+    # A learning rate of 1e25 makes the weights overflow float32 within a few steps.
+    config = _config(
+        tmp_path,
+        steps=40,
+        checkpoint_every=1,
+        log_every=5,
+        optimizer=OptimizerConfig(name="adamw", schedule="constant", learning_rate=1e25),
+    )
+    with pytest.raises(TrainingDivergedError) as raised:
+        train(config, ArrayBatches(arrays, 8), log=lambda s: 0)
+    message = str(raised.value)
+    bad_step = int(message.split(":")[0].split()[-1])
+    assert message.startswith(f"step {bad_step}: ") and "last good checkpoint is step" in message
+    good = Checkpoints(str(tmp_path), keep=3)
+    latest = good.latest_step()
+    good.close()
+    assert latest == bad_step - 1
+    _, params = load_run_params(str(tmp_path))
+    assert all(np.isfinite(p).all() for p in __import__("jax").tree.leaves(params))
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from t5forge.model.data import ArrayBatches
+    from t5forge.model.metrics import read_metrics
+    from t5forge.model.trainer import TrainConfig, train
+    from t5forge.model.optim import OptimizerConfig
+    data = dict(np.load(sys.argv[1]))
+    config = TrainConfig(
+        output=sys.argv[2], model="t5.1.1-tiny", steps=5, batch_size=8, log_every=1,
+        checkpoint_every=0, progress=False, mesh=sys.argv[3] or None,
+        model_overrides={"vocab_size": %d, "dtype": "float32"},
+        optimizer=OptimizerConfig(name="adafactor"),
+    )
+    summary = train(config, ArrayBatches(data, 8), log=lambda s: None)
+    rows = [m for m in read_metrics(sys.argv[2]) if m["split"] == "train"]
+    print(json.dumps({"mesh": summary["mesh"], "devices": summary["devices"],
+                      "losses": [m["cross_entropy"] for m in rows]}))
+    """
+    % VOCAB
+)
+
+
+def _run_sharded(tmp_path, data_file, name, mesh, devices):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(data_file), str(tmp_path / name), mesh],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_training_on_8_devices_matches_one_device(tmp_path, span_arrays):
+    arrays, _ = span_arrays
+    data_file = tmp_path / "data.npz"
+    np.savez(data_file, **{k: v[:64] for k, v in arrays.items()})
+    single = _run_sharded(tmp_path, data_file, "one", "", 1)
+    sharded = _run_sharded(tmp_path, data_file, "eight", "data=2,fsdp=2,tensor=2", 8)
+    assert single["devices"] == 1
+    assert sharded["devices"] == 8 and sharded["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert len(single["losses"]) == len(sharded["losses"]) == 5
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=2e-4)
+    assert single["losses"][-1] < single["losses"][0]
+
+
+def test_cli_train_plot_resume_and_export_hf(tmp_path, span_arrays, capsys):
+    arrays, _ = span_arrays
+    data = tmp_path / "span.npz"
+    np.savez(data, **{k: v[:96] for k, v in arrays.items()})
+    run = tmp_path / "run"
+    args = [
+        "train", "--data", str(data), "--model", "t5.1.1-tiny",
+        "--override", f"vocab_size={VOCAB}", "--override", "dtype=float32",
+        "--batch-size", "8", "--eval-fraction", "0.25", "--eval-every", "3",
+        "--eval-batches", "2", "--checkpoint-every", "3", "--log-every", "1",
+        "--output", str(run), "--no-progress",
+    ]  # fmt: skip
+    assert cli(args + ["--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "to step 3" in out and "eval cross-entropy" in out
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert {r["split"] for r in rows} == {"train", "eval"}
+    assert os.listdir(run / "tensorboard" / "train")
+    run_info = json.load(open(run / "run.json"))
+    assert run_info["loss_normalization"] == "sum" and run_info["model"]["vocab_size"] == VOCAB
+
+    # Same output without --resume: refused, nothing changed.
+    assert cli(args + ["--steps", "6"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli(args + ["--steps", "6", "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
+    assert max(steps) == 6
+
+    assert cli(["plot", str(run)]) == 0
+    with open(run / "curves.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    from t5forge.model.hf_checkpoint import load_hf_checkpoint
+    from t5forge.model.trainer import load_run_params
+
+    hf_dir = tmp_path / "hf"
+    assert cli(["export-hf", str(run), "--output", str(hf_dir)]) == 0
+    config, trained = load_run_params(str(run))
+    hf_config, imported = load_hf_checkpoint(str(hf_dir))
+    assert hf_config.d_model == config.d_model and hf_config.vocab_size == VOCAB
+    import jax
+
+    for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(imported), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # Continued pretraining from the exported checkpoint starts from the trained weights:
+    # its first loss is the trained model's, well below the random initialisation's.
+    again = tmp_path / "again"
+    init_args = [a if a != str(run) else str(again) for a in args]
+    assert cli(init_args + ["--steps", "1", "--init-from", str(hf_dir)]) == 0
+    first = json.loads(open(again / "metrics.jsonl").readline())
+    original = _train_rows(run)
+    assert first["cross_entropy"] < original[1]["cross_entropy"] - 0.5
+    assert abs(first["cross_entropy"] - original[6]["cross_entropy"]) < 0.5
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert (
+        cli(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "missing.npz"),
+                "--steps",
+                "1",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "missing.npz" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, encoder_input_tokens=np.ones((4, 8), np.int32))
+    assert cli(["train", "--data", str(bad), "--steps", "1", "--output", str(tmp_path / "o")]) == 2
+    assert "missing features" in capsys.readouterr().err
+    assert (
+        cli(
+            [
+                "train",
+                "--data",
+                str(bad),
+                "--steps",
+                "1",
+                "--output",
+                str(tmp_path / "o"),
+                "--model",
+                "t5.9-huge",
+            ]
+        )
+        == 2
+    )
+    assert "unknown model config" in capsys.readouterr().err
+    assert (
+        cli(
+            [
+                "train",
+                "--data",
+                str(bad),
+                "--steps",
+                "1",
+                "--output",
+                str(tmp_path / "o"),
+                "--mesh",
+                "data=3,pipeline=2",
+            ]
+        )
+        == 2
+    )
+
+
+def test_model_info_prints_the_published_parameter_count(capsys):
+    assert cli(["model-info", "t5.1.1-small"]) == 0
+    out = capsys.readouterr().out
+    assert "76,961,152" in out and "106.25 GFLOP" in out
+    assert cli(["model-info", "t5-efficient-tiny-nl32", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["encoder_layers"] == info["decoder_layers"] == 32 and info["d_kv"] == 64
+
+
+def test_quickstart_runs_the_whole_story(tmp_path):
+    from t5forge.quickstart import quickstart
+
+    lines = []
+    summary = quickstart(str(tmp_path / "qs"), steps=30, batch_size=16, log=lines.append)
+    assert os.path.exists(summary["curves"])
+    assert os.path.exists(tmp_path / "qs" / "corpus" / "stats.json")
+    assert os.path.exists(tmp_path / "qs" / "vocab" / "demo_spm.model")
+    rows = _train_rows(tmp_path / "qs" / "run")
+    assert rows[30]["cross_entropy"] < rows[1]["cross_entropy"] - 1.0
+    assert any(line.startswith("held-out cross-entropy") for line in lines)
