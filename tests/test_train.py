@@ -200,7 +200,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     config = TrainConfig(
         output=sys.argv[2], model="t5.1.1-tiny", steps=5, batch_size=8, log_every=1,
         checkpoint_every=0, progress=False, mesh=sys.argv[3] or None,
-        model_overrides={"vocab_size": %d, "dtype": "float32"},
+        model_overrides={"vocab_size": VOCAB_SIZE, "dtype": "float32"},
         optimizer=OptimizerConfig(name="adafactor"),
     )
     summary = train(config, ArrayBatches(data, 8), log=lambda s: None)
@@ -208,8 +208,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     print(json.dumps({"mesh": summary["mesh"], "devices": summary["devices"],
                       "losses": [m["cross_entropy"] for m in rows]}))
     """
-    % VOCAB
-)
+).replace("VOCAB_SIZE", str(VOCAB))
 
 
 def _run_sharded(tmp_path, data_file, name, mesh, devices):
