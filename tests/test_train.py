@@ -371,3 +371,36 @@ def test_quickstart_runs_the_whole_story(tmp_path):
     rows = _train_rows(tmp_path / "qs" / "run")
     assert rows[30]["cross_entropy"] < rows[1]["cross_entropy"] - 1.0
     assert any(line.startswith("held-out cross-entropy") for line in lines)
+
+
+@pytest.mark.usefixtures("span_arrays")  # registers the trainer_test_* tasks
+def test_task_batches_resume_at_the_same_position():
+    """`--task` streams the seqio task in its seeded order; a resumed run skips to its step."""
+    from t5forge.model.data import TaskBatches
+
+    batches = TaskBatches(
+        "trainer_test_span_corruption", 4, split="train", sequence_length=LENGTHS, seed=3
+    )
+    stream = batches.iterate(0)
+    first = [next(stream) for _ in range(3)]
+    resumed = next(batches.iterate(2))
+    for name in ("encoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"):
+        assert first[2][name].shape == (4, LENGTHS["inputs" if "encoder" in name else "targets"])
+        np.testing.assert_array_equal(resumed[name], first[2][name])
+    assert not np.array_equal(first[0]["encoder_input_tokens"], first[1]["encoder_input_tokens"])
+
+
+@pytest.mark.usefixtures("span_arrays")  # registers the trainer_test_* tasks
+def test_cli_train_on_a_task_with_its_validation_split(tmp_path, capsys):
+    args = [
+        "train", "--task", "trainer_test_span_corruption", "--model", "t5.1.1-tiny",
+        "--override", f"vocab_size={VOCAB}", "--override", "dtype=float32",
+        "--sequence-length", "inputs=128,targets=29", "--batch-size", "4", "--steps", "2",
+        "--eval-split", "validation", "--eval-batches", "2", "--eval-every", "2",
+        "--output", str(tmp_path / "run"), "--no-progress", "--no-tensorboard",
+    ]  # fmt: skip
+    assert cli(args) == 0
+    assert "eval cross-entropy" in capsys.readouterr().out
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [2]
+    assert not (tmp_path / "run" / "tensorboard").exists()
