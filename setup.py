@@ -43,7 +43,14 @@ setup(
     extras_require={
         # DataflowRunner (and `build`, which stages this package for --setup_file).
         "gcp": ["apache-beam[gcp]>=2.60,<3", "build>=1"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "apache-beam[gcp]>=2.60,<3"],
+        # rouge-score: the reference the ROUGE-1 scorer (PEGASUS) is tested against.
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "apache-beam[gcp]>=2.60,<3",
+            "rouge-score>=0.1.2",
+        ],
     },
     entry_points={"console_scripts": ["t5forge=t5forge.cli:main"]},
 )
