@@ -350,7 +350,7 @@ class MultiHeadAttention(nn.Module):
                 mask,
                 is_causal=is_causal,
                 float32_logits=self.float32_logits,
-                dropout=nn.Dropout(self.dropout_rate) if use_dropout else None,
+                dropout=nn.Dropout(self.dropout_rate, broadcast_dims=(2,)) if use_dropout else None,
                 deterministic=self.deterministic,
                 **mixes,
             )
