@@ -32,6 +32,7 @@ REFERENCE_PEAK_GB = {"t5.1.1-small": 20.5, "t5.1.1-base": 78.0}
 def run_one(args) -> dict:
     import jax
 
+    from t5forge.model.commands import parse_overrides
     from t5forge.model.config import get_config, train_flops
     from t5forge.model.data import ArrayBatches, load_exported
     from t5forge.model.optim import OptimizerConfig
@@ -41,8 +42,7 @@ def run_one(args) -> dict:
     held = args.eval_examples
     train_arrays = {k: v[:-held] for k, v in arrays.items()}
     eval_arrays = {k: v[-held:] for k, v in arrays.items()}
-    overrides = dict(kv.split("=", 1) for kv in args.override if kv)
-    overrides = {k: _value(v) for k, v in overrides.items()}
+    overrides = parse_overrides(args.override)
     output = tempfile.mkdtemp(prefix="t5forge-bench-")
     config = TrainConfig(
         output=output,
@@ -98,15 +98,6 @@ def run_one(args) -> dict:
     if ref and not overrides:
         result["speedup_vs_hf_torch_compile"] = tokens_per_second / ref
     return result
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import sys
 EXIT_DIVERGED = 3
 
 
-def _overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
     """["dropout_rate=0.1", "attention_impl=xla"] -> typed dict (ints, floats, bools, text)."""
     out: dict = {}
     for pair in pairs:
@@ -273,7 +273,7 @@ def train_config_from_args(args):
     return TrainConfig(
         output=args.output,
         model=args.model,
-        model_overrides=_overrides(args.override),
+        model_overrides=parse_overrides(args.override),
         steps=args.steps,
         batch_size=args.batch_size,
         optimizer=OptimizerConfig(
@@ -378,7 +378,7 @@ def run_model_info(args, extra: list[str]) -> int:
         return 0 if args.list else 2
     lengths = parse_sequence_length(args.sequence_length)
     info = describe(
-        get_config(args.name, **_overrides(args.override)),
+        get_config(args.name, **parse_overrides(args.override)),
         (lengths.get("inputs", 512), lengths.get("targets", 114)),
     )
     if args.json:
