@@ -1299,3 +1299,29 @@ def test_make_mesh_on_eight_devices(sharded_run):
     assert "needs 3 devices, 8 available" in errors["data=3"]
     assert "does not divide 8 devices" in errors["data=3,fsdp=-1"]
     assert "only one axis may be -1" in errors["data=-1,fsdp=-1"]
+
+
+@pytest.mark.parametrize("impl", ["xla", "plain"])
+def test_length_padding_gives_the_mask_padding_logits(impl):
+    """padding="lengths" (cuDNN's own padding mask on GPU) changes nothing for real examples,
+    and an all-padding row stays finite."""
+    rng = np.random.default_rng(7)
+    enc = rng.integers(2, 200, (4, 40)).astype(np.int32)
+    enc[1, 25:] = 0
+    enc[2, :] = 0
+    enc[3, 39:] = 0
+    dec = rng.integers(2, 200, (4, 12)).astype(np.int32)
+    dec[:, 0] = 0
+    logits = {}
+    for padding in ("mask", "lengths"):
+        cfg = get_config(
+            "t5.1.1-tiny", vocab_size=200, dtype="float32", attention_impl=impl, padding=padding
+        )
+        model = Transformer(cfg)
+        params = nn.meta.unbox(model.init(jax.random.key(0), enc, dec))
+        logits[padding] = np.asarray(model.apply(params, enc, dec))
+    real = [0, 1, 3]
+    np.testing.assert_allclose(logits["lengths"][real], logits["mask"][real], atol=1e-5)
+    assert np.isfinite(logits["lengths"]).all()
+    with pytest.raises(ValueError, match="padding"):
+        get_config("t5.1.1-tiny", padding="segments")

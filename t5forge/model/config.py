@@ -54,6 +54,10 @@ class T5Config:
     # the plain einsum path where neither applies (talking heads, attention dropout).
     attention_impl: str = "auto"
     float32_attention_logits: bool = False
+    # Padding of unpacked batches: "mask" (a boolean mask, what the H100 numbers used) or
+    # "lengths" (per-example lengths: cuDNN's own padding mask, keeping the position bias
+    # shared across the batch; padding must be trailing, as seqio's converters make it).
+    padding: str = "mask"
     # Rematerialisation of each layer in the backward pass: "none", "full", "dots"
     # (keep matmul outputs, recompute the rest).
     remat: str = "none"
@@ -71,6 +75,8 @@ class T5Config:
                 )
         if self.attention_impl not in ("auto", "cudnn", "xla", "plain"):
             raise ValueError(f"{self.name}: attention_impl must be auto, cudnn, xla or plain")
+        if self.padding not in ("mask", "lengths"):
+            raise ValueError(f"{self.name}: padding must be mask or lengths")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"{self.name}: remat must be none, full or dots")
         if self.relpos_buckets % 2:

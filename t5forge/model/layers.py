@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -234,6 +235,27 @@ class RelativePositionBiases(nn.Module):
 # Attention
 
 
+class PaddingLengths(NamedTuple):
+    """Padding of unpacked examples as lengths: positions >= length are padding.
+
+    For the fused kernels this replaces a boolean mask: jax's cuDNN wrapper folds a boolean mask
+    into the bias, which turns the shared (1, heads, q, k) bias into a per-example tensor, while
+    sequence lengths use cuDNN's own padding mask. `query` None means every query is real.
+    """
+
+    query: jax.Array | None
+    key_value: jax.Array
+
+
+def lengths_mask(lengths: PaddingLengths, q_len: int, k_len: int) -> jax.Array:
+    """The boolean (batch, 1, q, k) mask equivalent to `lengths` (padding queries see all)."""
+    keys = jnp.arange(k_len)[None, None, None, :] < lengths.key_value[:, None, None, None]
+    if lengths.query is None:
+        return jnp.broadcast_to(keys, (keys.shape[0], 1, q_len, k_len))
+    padded_query = jnp.arange(q_len)[None, None, :, None] >= lengths.query[:, None, None, None]
+    return jnp.logical_or(keys, padded_query)
+
+
 def resolve_attention_impl(
     requested: str, *, dtype, talking_heads: bool, dropout: bool, head_dim: int
 ) -> str:
@@ -310,7 +332,7 @@ class MultiHeadAttention(nn.Module):
         inputs_q: jax.Array,
         inputs_kv: jax.Array,
         bias: jax.Array | None = None,
-        mask: jax.Array | None = None,
+        mask: jax.Array | PaddingLengths | None = None,
         *,
         is_causal: bool = False,
     ) -> jax.Array:
@@ -336,6 +358,12 @@ class MultiHeadAttention(nn.Module):
         )
         if bias is not None:
             bias = bias.astype(self.dtype)
+        lengths = None
+        if isinstance(mask, PaddingLengths):
+            if impl == "plain":
+                mask = lengths_mask(mask, q.shape[1], k.shape[1])
+            else:
+                lengths, mask = mask, None
         if impl == "plain":
             mixes = {}
             if self.talking_heads:
@@ -363,6 +391,8 @@ class MultiHeadAttention(nn.Module):
                 mask=mask,
                 scale=1.0,
                 is_causal=is_causal,
+                query_seq_lengths=None if lengths is None else lengths.query,
+                key_value_seq_lengths=None if lengths is None else lengths.key_value,
                 implementation=impl,
             )
         out = constrain(out, split).reshape(*out.shape[:-2], h * d)

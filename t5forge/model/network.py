@@ -19,6 +19,7 @@ from t5forge.model.layers import (
     LayerNorm,
     MlpBlock,
     MultiHeadAttention,
+    PaddingLengths,
     RelativePositionBiases,
     constrain,
 )
@@ -176,12 +177,19 @@ class _Stack(nn.Module):
 class Encoder(_Stack):
     @nn.compact
     def __call__(
-        self, tokens: jax.Array, segment_ids: jax.Array, deterministic: bool = True
+        self,
+        tokens: jax.Array,
+        segment_ids: jax.Array,
+        deterministic: bool = True,
+        lengths: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
         length = tokens.shape[-1]
         bias = self.shared_bias(length, length, bidirectional=True)
-        mask = attention_mask(segment_ids, segment_ids)
+        if lengths is None:
+            mask = attention_mask(segment_ids, segment_ids)
+        else:
+            mask = PaddingLengths(lengths, lengths)
         x = self.embed(tokens, deterministic)
         layer_cls = _remat(EncoderLayer, cfg.remat)
         for i in range(cfg.num_encoder_layers):
@@ -198,11 +206,15 @@ class Decoder(_Stack):
         encoder_segment_ids: jax.Array,
         decoder_segment_ids: jax.Array | None,
         deterministic: bool = True,
+        encoder_lengths: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
         length = decoder_input_tokens.shape[-1]
         bias = self.shared_bias(length, length, bidirectional=False)
-        if decoder_segment_ids is None:
+        if encoder_lengths is not None:
+            self_mask = None  # causality alone: padding comes last
+            cross_mask = PaddingLengths(None, encoder_lengths)
+        elif decoder_segment_ids is None:
             # Unpacked: causality alone keeps real targets from seeing padding (it comes last);
             # every target sees every real input token.
             self_mask = None
@@ -255,10 +267,20 @@ class Transformer(nn.Module):
         self.encoder = Encoder(cfg, self.token_embedder)
         self.decoder = Decoder(cfg, self.token_embedder)
 
+    def _lengths(self, encoder_input_tokens, packed: bool):
+        """Per-example input lengths when the config asks for length-based padding."""
+        if packed or self.config.padding != "lengths":
+            return None
+        positions = jnp.arange(1, encoder_input_tokens.shape[-1] + 1)
+        last = jnp.max(jnp.where(encoder_input_tokens > 0, positions, 0), axis=-1)
+        # An all-padding row keeps one key so that no attention row is empty.
+        return jnp.maximum(last, 1).astype(jnp.int32)
+
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic=True):
+        lengths = self._lengths(encoder_input_tokens, encoder_segment_ids is not None)
         if encoder_segment_ids is None:
             encoder_segment_ids = (encoder_input_tokens > 0).astype(jnp.int32)
-        return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic)
+        return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic, lengths)
 
     def __call__(
         self,
@@ -270,13 +292,15 @@ class Transformer(nn.Module):
         deterministic: bool = True,
     ) -> jax.Array:
         packed = encoder_segment_ids is not None
+        lengths = self._lengths(encoder_input_tokens, packed)
         if not packed:
             encoder_segment_ids = (encoder_input_tokens > 0).astype(jnp.int32)
-        encoded = self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic)
+        encoded = self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic, lengths)
         return self.decoder(
             encoded,
             decoder_input_tokens,
             encoder_segment_ids,
             decoder_segment_ids if packed else None,
             deterministic,
+            lengths,
         )
