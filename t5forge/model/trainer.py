@@ -411,13 +411,8 @@ def train(
         opt_shapes = jax.eval_shape(optimizer.init, params)
         opt_shardings = _opt_state_shardings(opt_shapes, param_shardings, mesh)
         opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
-        state = jax.device_put(
-            state,
-            TrainState(
-                step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings
-            ),
-        )
+        step0 = jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))
+        state = TrainState(step=step0, params=params, opt_state=opt_state)
 
         start = 0
         if config.resume and checkpoints.latest_step() is not None:
