@@ -404,3 +404,52 @@ def test_cli_train_on_a_task_with_its_validation_split(tmp_path, capsys):
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows if r["split"] == "eval"] == [2]
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_host_training_matches_one_host(tmp_path, span_arrays):
+    """`--distributed` with two processes (jax.distributed on CPU): each host feeds its half of
+    every batch, and the losses equal a single-process run's."""
+    arrays, _ = span_arrays
+    data = tmp_path / "span.npz"
+    np.savez(data, **{k: v[:64] for k, v in arrays.items()})
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env.pop("XLA_FLAGS", None)
+    base = [
+        sys.executable, "-m", "t5forge.cli", "train", "--data", str(data),
+        "--model", "t5.1.1-tiny", "--override", f"vocab_size={VOCAB}",
+        "--override", "dtype=float32", "--steps", "4", "--batch-size", "8", "--log-every", "1",
+        "--checkpoint-every", "0", "--no-progress", "--no-tensorboard",
+    ]  # fmt: skip
+    port = _free_port()
+    hosts = [
+        subprocess.Popen(
+            base + ["--output", str(tmp_path / "two"), "--distributed",
+                    "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+                    "--process-id", str(i)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    for host in hosts:
+        _, err = host.communicate(timeout=600)
+        assert host.returncode == 0, err[-3000:]
+    one = subprocess.run(
+        base + ["--output", str(tmp_path / "one")], env=env, capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    losses = {
+        name: [r["cross_entropy"] for r in _train_rows(tmp_path / name).values()]
+        for name in ("one", "two")
+    }
+    assert len(losses["two"]) == 4  # only process 0 writes metrics
+    np.testing.assert_allclose(losses["two"], losses["one"], rtol=1e-5)
+    run_info = json.load(open(tmp_path / "two" / "run.json"))
+    assert len(run_info["devices"]) == 2
