@@ -453,3 +453,44 @@ def test_two_host_training_matches_one_host(tmp_path, span_arrays):
     np.testing.assert_allclose(losses["two"], losses["one"], rtol=1e-5)
     run_info = json.load(open(tmp_path / "two" / "run.json"))
     assert len(run_info["devices"]) == 2
+
+
+def test_import_hf_prints_a_train_command_that_continues_the_checkpoint(tmp_path, capsys):
+    import shlex
+
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "hf_t5", "t5_1_0")
+    assert cli(["import-hf", fixture]) == 0
+    out = capsys.readouterr().out
+    assert "tied classifier" in out
+    command = shlex.split(out.strip().splitlines()[-1].split("train from it: ")[1])
+    assert command[:4] == ["t5forge", "train", "--init-from", fixture] and command[-1] == "..."
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(2, 200, (16, 24)).astype(np.int32)
+    targets = rng.integers(2, 200, (16, 6)).astype(np.int32)
+    data = tmp_path / "small.npz"
+    np.savez(
+        data,
+        encoder_input_tokens=tokens,
+        decoder_target_tokens=targets,
+        decoder_input_tokens=np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        decoder_loss_weights=np.ones_like(targets),
+    )
+    run = [
+        "--data",
+        str(data),
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "0",
+        "--output",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--override",
+        "dtype=float32",
+    ]
+    assert cli(command[1:-1] + run) == 0
+    # A model that does not match the checkpoint is refused with the flags that would.
+    assert cli(["train", "--init-from", fixture, "--model", "t5.1.1-tiny"] + run[:-2]) == 2
+    assert "--model t5-efficient-tiny" in capsys.readouterr().err

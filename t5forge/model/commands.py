@@ -76,8 +76,8 @@ def add_parsers(sub) -> None:
         "import-hf",
         help="download or convert a Hugging Face T5 checkpoint",
         description="Read a Hugging Face T5/mT5/umT5/ByT5 checkpoint (a local directory, or a "
-        "hub repo id that is downloaded) and print its architecture; with --output, write the "
-        "parameters as a t5forge initial-parameters file for `t5forge train --init-from`.",
+        "hub repo id that is downloaded into --download-dir), check it loads, and print its "
+        "architecture and the `t5forge train --init-from` command that continues training it.",
     )
     p.add_argument("source", metavar="DIR_OR_REPO")
     p.add_argument("--download-dir", metavar="DIR", help="where a hub checkpoint is saved")
@@ -318,11 +318,12 @@ def run_train(args, extra: list[str]) -> int:
 
         hf_config, init_params = load_hf_checkpoint(args.init_from)
         mine = config.model_config()
-        for field in ("vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "activations"):
+        for field in ARCHITECTURE_FIELDS:
             if getattr(hf_config, field) != getattr(mine, field):
                 raise ValueError(
                     f"--init-from {args.init_from}: {field} is {getattr(hf_config, field)}, "
-                    f"--model {args.model} has {getattr(mine, field)}"
+                    f"--model {args.model} has {getattr(mine, field)}; use "
+                    f"{model_flags(hf_config)}"
                 )
     try:
         summary = train(config, train_batches, eval_batches, init_params=init_params)
@@ -415,10 +416,46 @@ def run_import_hf(args, extra: list[str]) -> int:
         f"{'tied' if config.tie_embeddings else 'untied'} classifier"
     )
     print(f"parameters: {info['parameters']:,}")
-    print(
-        f"train from it: t5forge train --init-from {source} --override ... --model <matching name>"
-    )
+    print(f"train from it: t5forge train --init-from {source} {model_flags(config)} ...")
     return 0
+
+
+# The fields a checkpoint fixes (the rest are numerics, speed and regularisation choices).
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "num_heads",
+    "d_kv",
+    "d_ff",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "activations",
+    "tie_embeddings",
+    "layer_heads",
+    "layer_d_ff",
+    "talking_heads",
+    "relpos_per_layer",
+    "relpos_buckets",
+    "relpos_max_distance",
+    "layer_norm_epsilon",
+)
+
+
+def model_flags(config) -> str:
+    """`--model NAME [--override F=V ...]` that builds `config`'s shapes."""
+    from t5forge.model.config import NAMED_CONFIGS
+
+    def differences(named):
+        return [f for f in ARCHITECTURE_FIELDS if getattr(named, f) != getattr(config, f)]
+
+    best = min(NAMED_CONFIGS.values(), key=lambda named: len(differences(named)))
+    flags = [f"--model {best.name}"]
+    for field in differences(best):
+        value = getattr(config, field)
+        if isinstance(value, tuple):
+            raise ValueError(f"{field}={value} has no --override form; use the Python API")
+        flags.append(f"--override {field}={value}")
+    return " ".join(flags)
 
 
 def run_export_hf(args, extra: list[str]) -> int:
