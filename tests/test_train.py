@@ -494,3 +494,24 @@ def test_import_hf_prints_a_train_command_that_continues_the_checkpoint(tmp_path
     # A model that does not match the checkpoint is refused with the flags that would.
     assert cli(["train", "--init-from", fixture, "--model", "t5.1.1-tiny"] + run[:-2]) == 2
     assert "--model t5-efficient-tiny" in capsys.readouterr().err
+
+
+def test_profile_steps_write_a_jax_profiler_trace(tmp_path, span_arrays, capsys):
+    arrays, _ = span_arrays
+    data = tmp_path / "span.npz"
+    np.savez(data, **{k: v[:32] for k, v in arrays.items()})
+    args = [
+        "train", "--data", str(data), "--model", "t5.1.1-tiny", "--override",
+        f"vocab_size={VOCAB}", "--steps", "4", "--batch-size", "8", "--checkpoint-every", "0",
+        "--no-progress", "--output", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert cli(args + ["--profile-steps", "2:3"]) == 0
+    traces = [
+        name
+        for _, _, files in os.walk(tmp_path / "run" / "profile")
+        for name in files
+        if name.endswith(".xplane.pb")
+    ]
+    assert traces
+    assert cli(args + ["--profile-steps", "3:1"]) == 2
+    assert "--profile-steps" in capsys.readouterr().err

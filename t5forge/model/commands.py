@@ -157,6 +157,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--keep-checkpoints", type=int, default=3, metavar="N")
     run.add_argument("--log-every", type=int, default=50, metavar="K")
     run.add_argument("--no-tensorboard", action="store_true")
+    run.add_argument(
+        "--profile-steps",
+        metavar="FIRST:LAST",
+        help="trace these steps with jax.profiler into OUTPUT/profile (view in TensorBoard or "
+        "Perfetto), e.g. 20:25",
+    )
     run.add_argument("--no-progress", action="store_true")
     run.add_argument(
         "--mesh",
@@ -298,7 +304,21 @@ def train_config_from_args(args):
         resume=args.resume,
         tensorboard=not args.no_tensorboard,
         progress=not args.no_progress,
+        profile_steps=_profile_steps(args.profile_steps),
     )
+
+
+def _profile_steps(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    first, sep, last = text.partition(":")
+    try:
+        steps = (int(first), int(last if sep else first))
+    except ValueError:
+        raise ValueError(f"--profile-steps {text!r}: expected FIRST:LAST step numbers") from None
+    if not 1 <= steps[0] <= steps[1]:
+        raise ValueError(f"--profile-steps {text!r}: need 1 <= FIRST <= LAST")
+    return steps
 
 
 def run_train(args, extra: list[str]) -> int:

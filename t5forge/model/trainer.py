@@ -68,6 +68,8 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     peak_flops: float | None = None
+    # (first, last) step to trace with jax.profiler into DIR/profile (TensorBoard/Perfetto).
+    profile_steps: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -355,6 +357,28 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
+class _StepProfiler:
+    """jax.profiler trace of steps first..last (1-based, inclusive) into `directory`."""
+
+    def __init__(self, steps: tuple[int, int] | None, directory: str):
+        self.steps, self.directory, self.active = steps, directory, False
+
+    def before(self, step: int) -> None:
+        if self.steps and step == self.steps[0] and not self.active:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after(self, step: int, state) -> None:
+        if self.active and step >= self.steps[1]:
+            jax.block_until_ready(state)  # the traced steps' device work ends inside the trace
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
 def _check_output(config: TrainConfig, checkpoints_exist: bool) -> None:
     if checkpoints_exist and not config.resume:
         raise FileExistsError(
@@ -535,9 +559,11 @@ def train(
                     tok_s=f"{summary.get('tokens_per_second', 0):.0f}",
                 )
 
+        profiler = _StepProfiler(config.profile_steps, os.path.join(config.output, "profile"))
         step = start
         try:
             for step in range(start, config.steps):
+                profiler.before(step + 1)
                 batch = to_device(next(batches))
                 state, metrics = train_step(state, batch)
                 pending.append(metrics)
@@ -565,9 +591,11 @@ def train(
                 if interval_start is not None and not pending:
                     # Evaluation and checkpoint time is not training throughput.
                     interval_start = time.perf_counter()
+                profiler.after(done, state)
                 if bar is not None:
                     bar.update(1)
         finally:
+            profiler.stop()
             if bar is not None:
                 bar.close()
             checkpoints.close()
