@@ -34,14 +34,12 @@ def run_one(args) -> dict:
 
     from t5forge.model.commands import parse_overrides
     from t5forge.model.config import get_config, train_flops
-    from t5forge.model.data import ArrayBatches, load_exported
+    from t5forge.model.data import ArrayBatches, hold_out, load_exported
     from t5forge.model.optim import OptimizerConfig
     from t5forge.model.trainer import TrainConfig, train
 
-    arrays = load_exported(args.data)
     held = args.eval_examples
-    train_arrays = {k: v[:-held] for k, v in arrays.items()}
-    eval_arrays = {k: v[-held:] for k, v in arrays.items()}
+    train_arrays, eval_arrays = hold_out(load_exported(args.data), held, args.data)
     overrides = parse_overrides(args.override)
     output = tempfile.mkdtemp(prefix="t5forge-bench-")
     config = TrainConfig(

@@ -630,23 +630,13 @@ def _run_inspect(args, extra: list[str]) -> int:
 
 
 def _run_export(args, extra: list[str]) -> int:
-    import importlib
-
+    from t5forge.model import commands
     from t5forge.pipelines import export
 
     _no_extra_args(extra)
     lengths = export.parse_sequence_length(args.sequence_length)
-    for module in args.module:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise UsageError(f"--module {module}: cannot import ({e})") from e
-    if args.corpus:
-        if not args.vocab:
-            raise UsageError("--corpus needs --vocab SPEC")
-        from t5forge.pipelines import register_corpus_tasks
-
-        names = register_corpus_tasks(args.prefix, args.corpus, args.vocab)
+    names = commands.register_tasks(args)
+    if names:
         print(
             f"registered {len(names)} task(s): {', '.join(names[:8])}"
             + (" ..." if len(names) > 8 else ""),

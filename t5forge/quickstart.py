@@ -53,7 +53,7 @@ def quickstart(
         raise RuntimeError("train-spm failed")
 
     log("[3/5] registering the corpus tasks and reading span corruption (inputs 128)")
-    from t5forge.model.data import ArrayBatches, task_arrays
+    from t5forge.model.data import ArrayBatches, hold_out, task_arrays
     from t5forge.pipelines import register_corpus_tasks
 
     vocab = spm_prefix + ".model"
@@ -68,8 +68,7 @@ def quickstart(
     )
     count = len(arrays["encoder_input_tokens"])
     held = max(batch_size, int(count * HELD_OUT))
-    train_arrays = {k: v[:-held] for k, v in arrays.items()}
-    eval_arrays = {k: v[-held:] for k, v in arrays.items()}
+    train_arrays, eval_arrays = hold_out(arrays, held, "the demo corpus")
     log(f"      {count} examples: {count - held} to train on, {held} held out")
 
     log(f"[4/5] training t5.1.1-tiny for {steps} steps on CPU into {run_dir}")

@@ -194,7 +194,8 @@ def _initialize_distributed(args) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def _register_tasks(args) -> None:
+def register_tasks(args) -> list[str]:
+    """Imports --module modules and registers t5forge's tasks over --corpus; their names."""
     import importlib
 
     for module in args.module:
@@ -202,22 +203,13 @@ def _register_tasks(args) -> None:
             importlib.import_module(module)
         except ImportError as e:
             raise ValueError(f"--module {module}: cannot import ({e})") from e
-    if args.corpus:
-        if not args.vocab:
-            raise ValueError("--corpus needs --vocab SPEC")
-        from t5forge.pipelines import register_corpus_tasks
+    if not args.corpus:
+        return []
+    if not args.vocab:
+        raise ValueError("--corpus needs --vocab SPEC")
+    from t5forge.pipelines import register_corpus_tasks
 
-        register_corpus_tasks(args.prefix, args.corpus, args.vocab)
-
-
-def _split_holdout(arrays, fraction: float, source: str):
-    count = len(next(iter(arrays.values())))
-    held = int(round(count * fraction))
-    if not 0 < held < count:
-        raise ValueError(f"--eval-fraction {fraction} leaves no train or eval examples of {source}")
-    train = {k: v[: count - held] for k, v in arrays.items()}
-    held_out = {k: v[count - held :] for k, v in arrays.items()}
-    return train, held_out
+    return register_corpus_tasks(args.prefix, args.corpus, args.vocab)
 
 
 def build_data(args, process_index: int = 0, process_count: int = 1):
@@ -229,7 +221,10 @@ def build_data(args, process_index: int = 0, process_count: int = 1):
     if args.data:
         arrays = data.load_exported(args.data)
         if args.eval_fraction:
-            arrays, held = _split_holdout(arrays, args.eval_fraction, args.data)
+            count = len(arrays["encoder_input_tokens"])
+            arrays, held = data.hold_out(
+                arrays, int(round(count * args.eval_fraction)), f"--eval-fraction {args.data}"
+            )
             eval_batches = data.ArrayBatches(
                 held, args.batch_size, shuffle=False, name=args.data, **common
             )
@@ -239,7 +234,7 @@ def build_data(args, process_index: int = 0, process_count: int = 1):
     else:
         from t5forge.pipelines.export import parse_sequence_length
 
-        _register_tasks(args)
+        register_tasks(args)
         lengths = parse_sequence_length(args.sequence_length)
         train_batches = data.TaskBatches(
             args.task,

@@ -9,7 +9,6 @@ order and skip to the resumed position.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 
@@ -51,15 +50,6 @@ def load_exported(path: str) -> dict[str, np.ndarray]:
         raise DataError(f"--data {path}: not a readable .npz export ({e})") from e
     _check_features(arrays, f"--data {path}")
     return arrays
-
-
-def export_info(path: str) -> dict:
-    """The JSON sidecar of an export (empty when absent)."""
-    sidecar = path[: -len(".npz")] + ".json" if path.endswith(".npz") else path + ".json"
-    if not os.path.exists(sidecar):
-        return {}
-    with open(sidecar, encoding="utf-8") as f:
-        return json.load(f)
 
 
 class ArrayBatches:
@@ -151,6 +141,19 @@ class ArrayBatches:
         return batches
 
 
+def hold_out(arrays: Mapping[str, np.ndarray], count: int, source: str = "data"):
+    """(train, held-out): the last `count` examples are held out for evaluation."""
+    total = len(next(iter(arrays.values())))
+    if not 0 < count < total:
+        raise DataError(
+            f"{source}: holding out {count} of {total} examples leaves no train or eval"
+        )
+    return (
+        {k: v[: total - count] for k, v in arrays.items()},
+        {k: v[total - count :] for k, v in arrays.items()},
+    )
+
+
 def _model_feature(name: str) -> bool:
     return name in ENCDEC_FEATURES or name in PACKED_FEATURES
 
@@ -168,32 +171,33 @@ def task_arrays(
 ) -> dict[str, np.ndarray]:
     """Up to `examples` converted examples of a seqio task or mixture (needs TensorFlow);
     num_epochs=1 stops after one pass over the data."""
+    arrays = _export_module(task).converted_arrays(
+        task,
+        dict(sequence_length),
+        examples,
+        split=split,
+        pack=pack,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+    )
+    if not arrays:
+        raise DataError(f"--task {task}: split {split!r} gave no examples")
+    return arrays
+
+
+def _export_module(task: str):
+    """t5forge.pipelines.export, or a DataError saying why seqio tasks cannot be read here."""
     try:
-        import seqio
+        import seqio  # noqa: F401 - the export module imports it only when it runs
+
+        from t5forge.pipelines import export
     except ImportError as e:
         raise DataError(
             f"--task {task}: reading seqio tasks needs TensorFlow and seqio; on a machine "
             "without them, run `t5forge export` elsewhere and pass --data FILE.npz"
         ) from e
-    from t5forge.pipelines.export import feature_converter
-
-    try:
-        provider = seqio.get_mixture_or_task(task)
-    except ValueError as e:
-        raise DataError(f"--task {task}: not a registered seqio task or mixture") from e
-    dataset = provider.get_dataset(
-        dict(sequence_length), split=split, shuffle=shuffle, seed=seed, num_epochs=num_epochs
-    )
-    converted = feature_converter("encdec", pack)(dataset, dict(sequence_length))
-    rows: dict[str, list] = {}
-    for n, example in enumerate(converted.as_numpy_iterator()):
-        if n == examples:
-            break
-        for name, value in example.items():
-            rows.setdefault(name, []).append(value)
-    if not rows:
-        raise DataError(f"--task {task}: split {split!r} gave no examples")
-    return {name: np.stack(v).astype(np.int32) for name, v in rows.items()}
+    return export
 
 
 class TaskBatches:
@@ -233,15 +237,9 @@ class TaskBatches:
         )
 
     def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        import seqio
-
-        from t5forge.pipelines.export import feature_converter
-
-        provider = seqio.get_mixture_or_task(self.task)
-        dataset = provider.get_dataset(
-            self.lengths, split=self.split, shuffle=True, seed=self.seed, num_epochs=None
+        converted = _export_module(self.task).converted_dataset(
+            self.task, self.lengths, split=self.split, pack=self.packed, seed=self.seed
         )
-        converted = feature_converter("encdec", self.packed)(dataset, self.lengths)
         converted = converted.skip(start_step * self.batch_size)
         batched = converted.batch(self.batch_size, drop_remainder=True).prefetch(2)
         for batch in batched.as_numpy_iterator():

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -313,15 +312,25 @@ def _state_tree(state: TrainState) -> dict:
 # Metrics over a logging interval
 
 
-def summarize(step_metrics: list[Mapping[str, float]]) -> dict[str, float]:
-    """Per-token averages over several steps of summed metrics."""
-    total = {k: sum(float(m[k]) for m in step_metrics) for k in _METRIC_KEYS}
+def per_token(sums: list[Mapping[str, float]]) -> dict[str, float]:
+    """Cross-entropy, z-loss and accuracy per real target token over batches of summed metrics."""
+    total = {k: sum(float(m[k]) for m in sums) for k in _METRIC_KEYS}
     tokens = max(total["weight"], 1.0)
     return {
-        "loss": float(np.mean([float(m["loss"]) for m in step_metrics])),
         "cross_entropy": total["cross_entropy"] / tokens,
         "z_loss": total["z_loss"] / tokens,
         "accuracy": total["correct"] / tokens,
+        "tokens": total["weight"],
+    }
+
+
+def summarize(step_metrics: list[Mapping[str, float]]) -> dict[str, float]:
+    """Train metrics of a logging interval: per-token averages, mean loss, last norm and rate."""
+    summary = per_token(step_metrics)
+    del summary["tokens"]
+    return {
+        "loss": float(np.mean([float(m["loss"]) for m in step_metrics])),
+        **summary,
         "grad_norm": float(step_metrics[-1]["grad_norm"]),
         "learning_rate": float(step_metrics[-1]["learning_rate"]),
     }
@@ -492,15 +501,7 @@ def train(
         def run_eval(step: int) -> dict[str, float] | None:
             if not eval_batches:
                 return None
-            sums = [eval_step(state.params, b) for b in eval_batches]
-            sums = jax.device_get(sums)
-            tokens = max(sum(float(s["weight"]) for s in sums), 1.0)
-            result = {
-                "cross_entropy": sum(float(s["cross_entropy"]) for s in sums) / tokens,
-                "z_loss": sum(float(s["z_loss"]) for s in sums) / tokens,
-                "accuracy": sum(float(s["correct"]) for s in sums) / tokens,
-                "tokens": tokens,
-            }
+            result = per_token(jax.device_get([eval_step(state.params, b) for b in eval_batches]))
             writer.write(step, result, split="eval")
             # Per token, unlike the train "loss" (which follows --loss-normalization).
             result["loss"] = result["cross_entropy"] + result["z_loss"]
@@ -667,11 +668,6 @@ def _write_run_info(config: TrainConfig, model_config: T5Config, lengths) -> Non
         json.dump(info, f, indent=2, default=str)
         f.write("\n")
     os.replace(tmp, path)
-
-
-def remove_run(directory: str) -> None:
-    """Deletes a run directory (used by the quickstart to start clean)."""
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def load_run_params(directory: str, step: int | None = None) -> tuple[T5Config, Any]:

@@ -59,6 +59,46 @@ def parse_sequence_length(text: str) -> dict[str, int]:
     return lengths
 
 
+def converted_dataset(
+    task: str,
+    sequence_length: dict[str, int],
+    *,
+    split: str = "train",
+    pack: bool = False,
+    converter: str = "encdec",
+    packer: str = "fast",
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+):
+    """A seqio task's (or mixture's) examples after the feature converter (tf.data)."""
+    import seqio
+
+    try:
+        provider = seqio.get_mixture_or_task(task)
+    except ValueError as e:
+        raise ValueError(f"--task {task}: not a registered seqio task or mixture") from e
+    dataset = provider.get_dataset(
+        sequence_length, split=split, shuffle=shuffle, seed=seed, num_epochs=num_epochs
+    )
+    return feature_converter(converter, pack, packer)(dataset, sequence_length)
+
+
+def converted_arrays(task: str, sequence_length: dict[str, int], examples: int, **kwargs):
+    """Up to `examples` converted examples as int32 arrays [examples, length] per feature
+    (fewer when num_epochs ends the data first; an empty dict when there is none)."""
+    import numpy as np
+
+    rows: dict[str, list] = {}
+    dataset = converted_dataset(task, sequence_length, **kwargs)
+    for n, example in enumerate(dataset.as_numpy_iterator()):
+        if n == examples:
+            break
+        for name, value in example.items():
+            rows.setdefault(name, []).append(value)
+    return {name: np.stack(values).astype(np.int32) for name, values in rows.items()}
+
+
 def export_task(
     task: str,
     output: str,
@@ -74,7 +114,6 @@ def export_task(
 ) -> dict:
     """Writes `examples` converted examples of `task` to `output` (.npz + .json sidecar)."""
     import numpy as np
-    import seqio
 
     if examples <= 0:
         raise ValueError(f"--examples must be positive, got {examples}")
@@ -82,21 +121,17 @@ def export_task(
         output += ".npz"
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it")
-    try:
-        provider = seqio.get_mixture_or_task(task)
-    except ValueError as e:
-        raise ValueError(f"--task {task}: not a registered seqio task or mixture") from e
-    dataset = provider.get_dataset(
-        sequence_length, split=split, shuffle=shuffle, seed=seed, num_epochs=None
+    arrays = converted_arrays(
+        task,
+        sequence_length,
+        examples,
+        split=split,
+        pack=pack,
+        converter=converter,
+        packer=packer,
+        seed=seed,
+        shuffle=shuffle,
     )
-    converted = feature_converter(converter, pack, packer)(dataset, sequence_length)
-    rows: dict[str, list] = {}
-    for n, example in enumerate(converted.as_numpy_iterator()):
-        if n == examples:
-            break
-        for name, value in example.items():
-            rows.setdefault(name, []).append(value)
-    arrays = {name: np.stack(values).astype(np.int32) for name, values in rows.items()}
     count = len(next(iter(arrays.values()))) if arrays else 0
     info = {
         "task": task,
