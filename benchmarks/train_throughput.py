@@ -89,6 +89,8 @@ def run_one(args) -> dict:
         "final_eval_cross_entropy": (summary.get("eval") or {}).get("cross_entropy"),
         "loss_curve": curve,
         "wall_seconds": wall,
+        "compile_seconds": summary["compile_seconds"],
+        "padding": summary["padding"],
         "parameters": summary["parameters"],
         "optimizer": args.optimizer,
     }
@@ -145,7 +147,8 @@ def main() -> None:
                 f"{result['tokens_per_second']:>11,.0f} tok/s "
                 f"{result['seconds_per_step'] * 1e3:7.1f} ms/step  MFU {result['mfu_989']:.1%} "
                 f"(of 989) {result['mfu_790']:.1%} (of 790)  "
-                f"peak {result['peak_memory_gb']:.1f} GB  "
+                f"peak {result['peak_memory_gb']:.1f} GB  padding {result['padding']}  "
+                f"compile {result['compile_seconds']:.0f} s  "
                 f"train CE {result['final_train_cross_entropy']:.3f}  eval CE "
                 f"{result['final_eval_cross_entropy']}  "
                 f"x{result.get('speedup_vs_hf_torch_compile', float('nan')):.2f} vs HF",

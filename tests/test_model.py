@@ -1325,3 +1325,17 @@ def test_length_padding_gives_the_mask_padding_logits(impl):
     assert np.isfinite(logits["lengths"]).all()
     with pytest.raises(ValueError, match="padding"):
         get_config("t5.1.1-tiny", padding="segments")
+
+
+def test_auto_padding_uses_lengths_exactly_where_attention_runs_on_cudnn():
+    from t5forge.model.network import uses_padding_lengths
+
+    tiny = get_config("t5.1.1-tiny")
+    assert tiny.padding == "auto"
+    on_gpu = jax.default_backend() == "gpu"
+    assert uses_padding_lengths(tiny) == on_gpu  # bf16 by default: cuDNN exactly on GPU
+    assert uses_padding_lengths(tiny.replace(attention_impl="cudnn"))
+    assert not uses_padding_lengths(tiny.replace(attention_impl="xla"))
+    assert not uses_padding_lengths(tiny.replace(attention_impl="cudnn", talking_heads=True))
+    assert uses_padding_lengths(tiny.replace(padding="lengths", attention_impl="xla"))
+    assert not uses_padding_lengths(tiny.replace(padding="mask", attention_impl="cudnn"))

@@ -161,6 +161,70 @@ def test_gradient_accumulation_equals_whole_batch(tmp_path, span_arrays):
         assert runs[4][step]["grad_norm"] == pytest.approx(runs[1][step]["grad_norm"], rel=1e-4)
 
 
+def test_padding_lengths_train_like_the_mask_and_a_refused_graph_falls_back(
+    tmp_path, span_arrays, monkeypatch
+):
+    """padding="auto" sends unpacked padding to cuDNN as sequence lengths. Here the decision
+    is made to believe it runs on cuDNN (the kernels still run XLA's path on CPU): the losses
+    equal the boolean-mask run's, and when the attention refuses lengths (as an older cuDNN
+    might) the steps are recompiled with the mask and the run goes on with a warning."""
+    import jax
+
+    from t5forge.model import network
+    from t5forge.model.data import ArrayBatches
+    from t5forge.model.trainer import train
+
+    arrays, held = span_arrays
+    assert (arrays["encoder_input_tokens"][:, -1] == 0).any()  # some rows are padded
+    monkeypatch.setattr(network, "resolve_attention_impl", lambda requested, **kw: "cudnn")
+
+    def run(name, padding):
+        logs = []
+        overrides = {"vocab_size": VOCAB, "dtype": "float32", "padding": padding}
+        summary = train(
+            _config(
+                tmp_path / name,
+                steps=6,
+                checkpoint_every=0,
+                eval_every=6,
+                eval_batches=2,
+                model_overrides=overrides,
+            ),
+            ArrayBatches(arrays, 8),
+            ArrayBatches(held, 8, shuffle=False),
+            log=logs.append,
+        )
+        return summary, _train_rows(tmp_path / name), logs
+
+    mask, mask_rows, _ = run("mask", "mask")
+    lengths, lengths_rows, _ = run("lengths", "auto")
+    assert (mask["padding"], lengths["padding"]) == ("mask", "lengths")
+    for step in range(1, 7):
+        assert lengths_rows[step]["loss"] == pytest.approx(mask_rows[step]["loss"], rel=1e-5)
+    assert lengths["eval"]["cross_entropy"] == pytest.approx(
+        mask["eval"]["cross_entropy"], rel=1e-5
+    )
+
+    real_attention = jax.nn.dot_product_attention
+
+    def refusing(*args, query_seq_lengths=None, key_value_seq_lengths=None, **kwargs):
+        if query_seq_lengths is not None or key_value_seq_lengths is not None:
+            raise NotImplementedError("this cuDNN refuses a bias with sequence lengths")
+        return real_attention(*args, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", refusing)
+    fallback, fallback_rows, logs = run("fallback", "auto")
+    assert fallback["padding"] == "mask"
+    warning = [line for line in logs if "did not compile" in line]
+    assert len(warning) == 1 and "refuses a bias with sequence lengths" in warning[0]
+    assert any(line.startswith("compiled the train step in") for line in logs)
+    for step in range(1, 7):
+        assert fallback_rows[step]["loss"] == mask_rows[step]["loss"]
+    # An explicit padding="lengths" is what the user asked for: no silent fallback.
+    with pytest.raises(NotImplementedError, match="refuses"):
+        run("explicit", "lengths")
+
+
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, span_arrays):
     from t5forge.model.data import ArrayBatches
     from t5forge.model.optim import OptimizerConfig

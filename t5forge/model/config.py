@@ -54,10 +54,12 @@ class T5Config:
     # the plain einsum path where neither applies (talking heads, attention dropout).
     attention_impl: str = "auto"
     float32_attention_logits: bool = False
-    # Padding of unpacked batches: "mask" (a boolean mask, what the H100 numbers used) or
-    # "lengths" (per-example lengths: cuDNN's own padding mask, keeping the position bias
-    # shared across the batch; padding must be trailing, as seqio's converters make it).
-    padding: str = "mask"
+    # Padding of unpacked batches: "mask" (a boolean mask) or "lengths" (per-example lengths:
+    # cuDNN's own padding mask, so the position bias stays one (1, heads, q, k) tensor shared
+    # by the batch instead of being folded with the mask into a per-example one; padding must
+    # be trailing, as seqio's converters make it). "auto": lengths where attention runs on
+    # cuDNN, mask elsewhere. Packed batches always use segment masks.
+    padding: str = "auto"
     # Rematerialisation of each layer in the backward pass: "none", "full", "dots"
     # (keep matmul outputs, recompute the rest).
     remat: str = "none"
@@ -75,8 +77,8 @@ class T5Config:
                 )
         if self.attention_impl not in ("auto", "cudnn", "xla", "plain"):
             raise ValueError(f"{self.name}: attention_impl must be auto, cudnn, xla or plain")
-        if self.padding not in ("mask", "lengths"):
-            raise ValueError(f"{self.name}: padding must be mask or lengths")
+        if self.padding not in ("auto", "mask", "lengths"):
+            raise ValueError(f"{self.name}: padding must be auto, mask or lengths")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"{self.name}: remat must be none, full or dots")
         if self.relpos_buckets % 2:

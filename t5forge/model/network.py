@@ -22,6 +22,7 @@ from t5forge.model.layers import (
     PaddingLengths,
     RelativePositionBiases,
     constrain,
+    resolve_attention_impl,
 )
 
 _HIDDEN = ("activation_batch", "activation_length", "activation_embed")
@@ -35,6 +36,26 @@ def attention_mask(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
     """
     same = q_segments[:, :, None] == k_segments[:, None, :]
     return jnp.logical_or(same, (q_segments == 0)[:, :, None])[:, None]
+
+
+def uses_padding_lengths(config: T5Config) -> bool:
+    """Whether unpacked batches pass their padding as per-example lengths.
+
+    "auto" does so where the attention runs on cuDNN: jax's cuDNN wrapper adds a boolean mask
+    into the bias, which turns the shared (1, heads, q, k) position bias into a
+    (batch, heads, q, k) tensor written, read and differentiated per layer, while lengths use
+    cuDNN's built-in padding mask. Elsewhere both give the same numbers; the mask is kept.
+    """
+    if config.padding != "auto":
+        return config.padding == "lengths"
+    impl = resolve_attention_impl(
+        config.attention_impl,
+        dtype=config.dtype,
+        talking_heads=config.talking_heads,
+        dropout=False,
+        head_dim=config.d_kv,
+    )
+    return impl == "cudnn"
 
 
 def _remat(module_cls, policy: str):
@@ -268,8 +289,9 @@ class Transformer(nn.Module):
         self.decoder = Decoder(cfg, self.token_embedder)
 
     def _lengths(self, encoder_input_tokens, packed: bool):
-        """Per-example input lengths when the config asks for length-based padding."""
-        if packed or self.config.padding != "lengths":
+        """Per-example input lengths when padding goes to the kernels as lengths (see
+        `uses_padding_lengths`), else None."""
+        if packed or not uses_padding_lengths(self.config):
             return None
         positions = jnp.arange(1, encoder_input_tokens.shape[-1] + 1)
         last = jnp.max(jnp.where(encoder_input_tokens > 0, positions, 0), axis=-1)

@@ -33,7 +33,7 @@ from flax import struct
 from t5forge.model import sharding
 from t5forge.model.config import T5Config, get_config, train_flops
 from t5forge.model.losses import NORMALIZATIONS, loss_and_metrics, loss_weights
-from t5forge.model.network import Transformer
+from t5forge.model.network import Transformer, uses_padding_lengths
 from t5forge.model.optim import OptimizerConfig, make_optimizer
 
 # Dense bf16 peak FLOP/s by device kind, for MFU (spec sheets; SXM parts).
@@ -194,6 +194,57 @@ def make_eval_step(model: Transformer, config: TrainConfig) -> Callable:
         return metrics
 
     return eval_step
+
+
+class _CompiledSteps:
+    """The jitted train and eval steps, compiled ahead of their first call.
+
+    Compiling explicitly times compilation apart from training and lets one failure be
+    recovered: with `padding="auto"` on cuDNN the padding goes to the kernel as sequence
+    lengths (see `uses_padding_lengths`); should this cuDNN/jax combination refuse that graph,
+    the steps are rebuilt with the boolean padding mask (same numbers, slower) and the run
+    goes on with a warning instead of failing.
+    """
+
+    def __init__(self, model_config: T5Config, build, log: Callable[[str], None]):
+        self.model_config = model_config
+        self._build = build  # T5Config -> {"train": jitted, "eval": jitted}
+        self._jitted = build(model_config)
+        self._compiled: dict = {}
+        self._log = log
+        self.compile_seconds = 0.0
+
+    def __call__(self, which: str, *args):
+        batch = args[-1]
+        key = (which, tuple(sorted((k, a.shape, str(a.dtype)) for k, a in batch.items())))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compile(which, key, args)
+        return compiled(*args)
+
+    def _compile(self, which: str, key, args):
+        start = time.perf_counter()
+        try:
+            compiled = self._jitted[which].lower(*args).compile()
+        except Exception as error:  # noqa: BLE001 - any refusal of the lengths graph
+            cfg = self.model_config
+            if cfg.padding != "auto" or not uses_padding_lengths(cfg):
+                raise
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            self._log(
+                f"warning: the {which} step with padding as sequence lengths did not compile "
+                f"({type(error).__name__}: {reason}); using the boolean padding mask instead "
+                "(same numbers, slower on cuDNN). Pass --override padding=mask to skip this try."
+            )
+            self.model_config = dataclasses.replace(cfg, padding="mask")
+            self._jitted = self._build(self.model_config)
+            self._compiled.clear()
+            compiled = self._jitted[which].lower(*args).compile()
+        seconds = time.perf_counter() - start
+        self.compile_seconds += seconds
+        self._log(f"compiled the {which} step in {seconds:.1f} s")
+        self._compiled[key] = compiled
+        return compiled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +475,9 @@ def train(
     _check_output(config, checkpoints.latest_step() is not None)
 
     mesh = sharding.make_mesh(config.mesh)
-    model = Transformer(model_config)
+    # Initialisation runs a forward pass of one unpacked row; the parameters do not depend on
+    # how padding reaches the kernels, so it uses the mask (no cuDNN lengths graph to refuse).
+    model = Transformer(dataclasses.replace(model_config, padding="mask"))
     optimizer, schedule = make_optimizer(config.optimizer)
     rules = sharding.LOGICAL_AXIS_RULES
 
@@ -457,17 +510,23 @@ def train(
 
         state_shardings = jax.tree.map(lambda x: x.sharding, state)
         batch_sharding = sharding.batch_sharding(mesh)
-        train_step = jax.jit(
-            make_train_step(model, optimizer, schedule, config),
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, sharding.replicated(mesh)),
-            donate_argnums=(0,),
-        )
-        eval_step = jax.jit(
-            make_eval_step(model, config),
-            in_shardings=(param_shardings, batch_sharding),
-            out_shardings=sharding.replicated(mesh),
-        )
+
+        def build_steps(step_model_config: T5Config) -> dict:
+            step_model = Transformer(step_model_config)
+            train_step = jax.jit(
+                make_train_step(step_model, optimizer, schedule, config),
+                in_shardings=(state_shardings, batch_sharding),
+                out_shardings=(state_shardings, sharding.replicated(mesh)),
+                donate_argnums=(0,),
+            )
+            eval_step = jax.jit(
+                make_eval_step(step_model, config),
+                in_shardings=(param_shardings, batch_sharding),
+                out_shardings=sharding.replicated(mesh),
+            )
+            return {"train": train_step, "eval": eval_step}
+
+        steps = _CompiledSteps(model_config, build_steps, log)
 
         def to_device(batch):
             global_shape = {n: (config.batch_size, *a.shape[1:]) for n, a in batch.items()}
@@ -501,7 +560,9 @@ def train(
         def run_eval(step: int) -> dict[str, float] | None:
             if not eval_batches:
                 return None
-            result = per_token(jax.device_get([eval_step(state.params, b) for b in eval_batches]))
+            result = per_token(
+                jax.device_get([steps("eval", state.params, b) for b in eval_batches])
+            )
             writer.write(step, result, split="eval")
             # Per token, unlike the train "loss" (which follows --loss-normalization).
             result["loss"] = result["cross_entropy"] + result["z_loss"]
@@ -566,7 +627,7 @@ def train(
             for step in range(start, config.steps):
                 profiler.before(step + 1)
                 batch = to_device(next(batches))
-                state, metrics = train_step(state, batch)
+                state, metrics = steps("train", state, batch)
                 pending.append(metrics)
                 done = step + 1
                 if done == start + 1:
@@ -613,11 +674,19 @@ def train(
         "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
         "devices": jax.device_count(),
         "mesh": dict(mesh.shape),
+        "compile_seconds": steps.compile_seconds,
+        # What the compiled steps used: "auto" can fall back to the mask.
+        "padding": _padding_used(steps.model_config),
     }
     if timed_steps:
         summary["seconds_per_step"] = timed_seconds / timed_steps
         summary["tokens_per_second"] = tokens_per_batch * timed_steps / timed_seconds
     return summary
+
+
+def _padding_used(model_config: T5Config) -> str:
+    """How unpacked batches' padding reached the attention kernels."""
+    return "lengths" if uses_padding_lengths(model_config) else "mask"
 
 
 def _place_params(initial, boxed_shapes, shardings):

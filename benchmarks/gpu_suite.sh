@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The H100 measurements of the trainer, in parts that each fit one 10-minute device call.
+#
+#   bash benchmarks/gpu_suite.sh data                 # here (needs TensorFlow): the batches
+#   bash benchmarks/gpu_suite.sh components small     # on the GPU machine, results in $OUT
+#   bash benchmarks/gpu_suite.sh base small-mask
+#
+# Parts:
+#   data        build-c4 on the shared WET files -> 16k SentencePiece -> 16,384 span-corruption
+#               examples at 512/114, stored as uint16 in .gpu-data/span16k_u16.npz (15 MB; carry
+#               it to the device with carry: [".gpu-data"])
+#   components  benchmarks/step_components.py for t5.1.1-small and -base at batch 128
+#   small|base  benchmarks/train_throughput.py, 300 steps, the default config
+#   small-mask|base-mask
+#               the same with --override padding=mask (the boolean padding mask, as measured
+#               before padding="auto"), for the side-by-side ratio
+#   profile     210 steps of base with --profile-steps 200:205 into $OUT/profile-run/profile
+#
+# Each part runs under `timeout` so that one slow compile cannot eat the whole call, and its
+# output is streamed to $OUT/<part>.log as it goes. Compilations are cached in
+# $JAX_COMPILATION_CACHE_DIR (default /tmp/jaxcache), which survives while the machine is warm.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxcache}"
+OUT="${OUT:-benchmarks/results/gpu_suite}"
+mkdir -p "$OUT"
+DATA=.gpu-data/span16k_u16.npz
+PY="${PYTHON:-python3}"
+STEPS="${STEPS:-300}"
+LIMIT="${LIMIT:-280}"  # seconds per training part
+
+train() {  # train PART MODEL [OVERRIDE]
+  local part=$1 model=$2 override=${3:-}
+  local extra=()
+  [ -n "$override" ] && extra=(--override "$override")
+  timeout "$LIMIT" "$PY" -u benchmarks/train_throughput.py --one "$model" "${extra[@]}" \
+    --data "$DATA" --steps "$STEPS" --log-every 50 >"$OUT/$part.json" 2>"$OUT/$part.log"
+  echo "$part: exit $? $(tail -c 600 "$OUT/$part.json")"
+}
+
+for part in "$@"; do
+  case "$part" in
+    data)
+      work=$(mktemp -d)
+      "$PY" -m t5forge.cli build-c4 --input ../shared/data/wet/*.warc.wet.gz --output "$work/c4" \
+        --no-badwords --format jsonl &&
+        "$PY" -m t5forge.cli train-spm --input "$work/c4" --output "$work/spm16k" --vocab-size 16000 &&
+        "$PY" -m t5forge.cli export --task corpus_span_corruption --corpus "$work/c4" \
+          --vocab "$work/spm16k.model" --sequence-length inputs=512,targets=114 \
+          --examples 16384 --output "$work/span16k" &&
+        mkdir -p .gpu-data &&
+        "$PY" - "$work/span16k.npz" "$DATA" <<'EOF'
+import sys
+
+import numpy as np
+
+arrays = dict(np.load(sys.argv[1]))
+assert max(int(a.max()) for a in arrays.values()) < 2**16
+np.savez(sys.argv[2], **{k: a.astype(np.uint16) for k, a in arrays.items()})
+print({k: a.shape for k, a in arrays.items()})
+EOF
+      cp "$work/span16k.json" "${DATA%.npz}.json"
+      rm -rf "$work"
+      ;;
+    components)
+      for model in t5.1.1-small t5.1.1-base; do
+        timeout "$LIMIT" "$PY" -u benchmarks/step_components.py --model "$model" \
+          --batch-size 128 --out "$OUT/components-$model.json" >"$OUT/components-$model.log" 2>&1
+        echo "components $model: exit $?"
+        tail -n 30 "$OUT/components-$model.log"
+      done
+      ;;
+    small) train small t5.1.1-small ;;
+    base) train base t5.1.1-base ;;
+    small-mask) train small-mask t5.1.1-small padding=mask ;;
+    base-mask) train base-mask t5.1.1-base padding=mask ;;
+    profile)
+      timeout "$LIMIT" "$PY" -u -m t5forge.cli train --model t5.1.1-base --data "$DATA" \
+        --steps 210 --batch-size 128 --output "$OUT/profile-run" --profile-steps 200:205 \
+        --checkpoint-every 0 --no-progress >"$OUT/profile.log" 2>&1
+      echo "profile: exit $?"
+      ;;
+    *) echo "unknown part: $part" >&2; exit 2 ;;
+  esac
+done
