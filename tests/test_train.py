@@ -579,3 +579,50 @@ def test_profile_steps_write_a_jax_profiler_trace(tmp_path, span_arrays, capsys)
     assert traces
     assert cli(args + ["--profile-steps", "3:1"]) == 2
     assert "--profile-steps" in capsys.readouterr().err
+
+
+def test_compiled_steps_are_cached_for_the_next_run(tmp_path, span_arrays):
+    """--compilation-cache DIR keeps the compiled steps; a second run (as after --resume)
+    loads them instead of compiling again (the persistent cache must be configured before a
+    process's first compilation, hence the subprocesses)."""
+    arrays, _ = span_arrays
+    data = tmp_path / "span.npz"
+    np.savez(data, **{k: v[:32] for k, v in arrays.items()})
+    cache = tmp_path / "jit-cache"
+    script = textwrap.dedent(
+        """
+        import sys
+        import jax
+        from jax._src import monitoring
+        from t5forge.cli import main
+        hits = []
+        monitoring.register_event_listener(
+            lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None
+        )
+        code = main(sys.argv[1:])
+        print("CACHE_HITS", len(hits))
+        sys.exit(code)
+        """
+    )
+    args = [
+        "train", "--data", str(data), "--model", "t5.1.1-tiny", "--override",
+        f"vocab_size={VOCAB}", "--steps", "2", "--batch-size", "8", "--checkpoint-every", "0",
+        "--no-progress", "--no-tensorboard", "--compilation-cache", str(cache),
+        # The tiny step compiles in well under jax's default 1 s threshold for caching.
+        "--override", "dtype=float32",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    runs = []
+    for name in ("first", "second"):
+        proc = subprocess.run(
+            [sys.executable, "-c", script, *args, "--output", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "compiled the train step in" in proc.stdout
+        runs.append(int(proc.stdout.split("CACHE_HITS")[-1].split()[0]))
+    assert any(cache.iterdir())
+    assert runs[0] == 0 and runs[1] > 0
