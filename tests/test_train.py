@@ -592,7 +592,6 @@ def test_compiled_steps_are_cached_for_the_next_run(tmp_path, span_arrays):
     script = textwrap.dedent(
         """
         import sys
-        import jax
         from jax._src import monitoring
         from t5forge.cli import main
         hits = []
