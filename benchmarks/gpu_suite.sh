@@ -9,6 +9,8 @@
 #   data        build-c4 on the shared WET files -> 16k SentencePiece -> 16,384 span-corruption
 #               examples at 512/114, stored as uint16 in .gpu-data/span16k_u16.npz (15 MB; carry
 #               it to the device with carry: [".gpu-data"])
+#   parity      tests/test_gpu.py: cuDNN vs XLA attention, loss and gradients of a 2+2-layer
+#               model, padding as mask / lengths / auto, unpacked and packed
 #   components  benchmarks/step_components.py for t5.1.1-small and -base at batch 128
 #   small|base  benchmarks/train_throughput.py, 300 steps, the default config
 #   small-mask|base-mask
@@ -62,6 +64,11 @@ print({k: a.shape for k, a in arrays.items()})
 EOF
       cp "$work/span16k.json" "${DATA%.npz}.json"
       rm -rf "$work"
+      ;;
+    parity)
+      timeout "$LIMIT" "$PY" -u tests/test_gpu.py >"$OUT/parity.log" 2>&1
+      echo "parity: exit $?"
+      grep -E "^(ok|FAIL)|^jax" "$OUT/parity.log"
       ;;
     components)
       for model in t5.1.1-small t5.1.1-base; do
