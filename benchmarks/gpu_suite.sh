@@ -16,6 +16,9 @@
 #   small-mask|base-mask
 #               the same with --override padding=mask (the boolean padding mask, as measured
 #               before padding="auto"), for the side-by-side ratio
+#   small-bf16logits       --override logits_dtype=bfloat16 (t5x keeps float32 logits)
+#   small-notriton|base-notriton
+#               XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS for every matmul)
 #   profile     210 steps of base with --profile-steps 200:205 into $OUT/profile-run/profile
 #
 # Each part runs under `timeout` so that one slow compile cannot eat the whole call, and its
@@ -82,6 +85,11 @@ EOF
     base) train base t5.1.1-base ;;
     small-mask) train small-mask t5.1.1-small padding=mask ;;
     base-mask) train base-mask t5.1.1-base padding=mask ;;
+    small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
+    small-notriton | base-notriton)
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
+        train "$part" "t5.1.1-${part%-notriton}"
+      ;;
     profile)
       timeout "$LIMIT" "$PY" -u -m t5forge.cli train --model t5.1.1-base --data "$DATA" \
         --steps 210 --batch-size 128 --output "$OUT/profile-run" --profile-steps 200:205 \
