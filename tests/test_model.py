@@ -1053,6 +1053,72 @@ def test_dropout_needs_rng_and_changes_outputs():
     assert np.abs(noisy[0] - noisy[2]).max() > 1e-3
 
 
+def _numpy_loss(logits, targets, weights, z_loss):
+    """float64 reference: per-token CE + z_loss * log(Z)^2, and d(sum w * loss)/d logits."""
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(-1, keepdims=True)
+    log_z = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[..., 0]
+    target_logit = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    z_term = z_loss * log_z**2
+    softmax = np.exp(logits - log_z[..., None])
+    one_hot = np.eye(logits.shape[-1])[targets]
+    grad = weights[..., None] * (softmax * (1 + 2 * z_loss * log_z[..., None]) - one_hot)
+    return log_z - target_logit + z_term, z_term, grad
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cross_entropy_with_z_loss_and_its_gradient_match_numpy(dtype):
+    from t5forge.model.losses import loss_and_metrics
+
+    rng = np.random.default_rng(11)
+    logits = (rng.normal(size=(3, 7, 53)) * 4).astype(np.float32)
+    logits = np.asarray(jnp.asarray(logits, dtype).astype(jnp.float32))  # exactly representable
+    targets = rng.integers(0, 53, (3, 7))
+    weights = (rng.random((3, 7)) > 0.3).astype(np.float32)
+    total, z_term, grad = _numpy_loss(logits, targets, weights, 1e-2)
+
+    got_total, got_z = cross_entropy_with_z_loss(jnp.asarray(logits, dtype), targets, 1e-2)
+    assert got_total.dtype == jnp.float32
+    np.testing.assert_allclose(got_total, total, rtol=1e-5)
+    np.testing.assert_allclose(got_z, z_term, rtol=1e-5)
+
+    def summed(x):
+        return loss_and_metrics(x, targets, weights, z_loss=1e-2)[0]
+
+    np.testing.assert_allclose(jax.grad(summed)(jnp.asarray(logits)), grad, atol=1e-6)
+    _, metrics = loss_and_metrics(jnp.asarray(logits), targets, weights, z_loss=1e-2)
+    np.testing.assert_allclose(metrics["cross_entropy"], np.sum((total - z_term) * weights), 1e-5)
+    np.testing.assert_allclose(metrics["z_loss"], np.sum(z_term * weights), rtol=1e-5)
+    correct = (logits.argmax(-1) == targets) * weights
+    assert float(metrics["correct"]) == correct.sum() and float(metrics["weight"]) == weights.sum()
+
+
+def test_loss_normalizations_follow_t5x():
+    from t5forge.model.losses import loss_and_metrics, loss_weights
+
+    rng = np.random.default_rng(12)
+    logits = jnp.asarray(rng.normal(size=(4, 6, 29)), jnp.float32)
+    targets = rng.integers(0, 29, (4, 6))
+    weights = np.ones((4, 6), np.float32)
+    weights[1, 3:] = 0
+    weights[3, 1:] = 0
+    per_token = np.asarray(cross_entropy_with_z_loss(logits, targets)[0])
+    expected = {
+        "sum": np.sum(per_token * weights),
+        "num_real_target_tokens": np.sum(per_token * weights) / weights.sum(),
+        "num_total_target_tokens": np.sum(per_token * weights) / weights.size,
+        "per_sequence": np.sum(np.sum(per_token * weights, -1) / weights.sum(-1)),
+    }
+    for normalization, value in expected.items():
+        token_weights, divisor = loss_weights(jnp.asarray(weights), normalization)
+        loss, _ = loss_and_metrics(
+            logits, targets, weights, token_weights=token_weights, divisor=divisor
+        )
+        assert float(loss) == pytest.approx(value, rel=1e-5), normalization
+    with pytest.raises(ValueError, match="normalization"):
+        loss_weights(jnp.asarray(weights), "per_token")
+
+
 def test_remat_gives_same_loss_and_gradients():
     enc, dec = padded_batch(np.random.default_rng(6))
     targets = np.roll(dec, -1, axis=1)

@@ -23,7 +23,11 @@ def cross_entropy_with_z_loss(
     """
     logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    # The target's logit as a masked sum rather than a gather: exact (the other terms are
+    # zeros), and its gradient is an elementwise select that fuses with the softmax gradient,
+    # where a gather's gradient is a scatter into a zero-filled (tokens, vocab) buffer.
+    vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    target_logit = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
     z_term = z_loss * jnp.square(log_z)
     return log_z - target_logit + z_term, z_term
 
