@@ -16,6 +16,9 @@
 #   small-mask|base-mask
 #               the same with --override padding=mask (the boolean padding mask, as measured
 #               before padding="auto"), for the side-by-side ratio
+#   small-features|base-features
+#               --override padding=features (padding as one extra q/k head feature: no mask, no
+#               lengths), the alternative to the default's sequence lengths
 #   small-bf16logits       --override logits_dtype=bfloat16 (t5x keeps float32 logits)
 #   small-notriton|base-notriton
 #               XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS for every matmul)
@@ -85,6 +88,8 @@ EOF
     base) train base t5.1.1-base ;;
     small-mask) train small-mask t5.1.1-small padding=mask ;;
     base-mask) train base-mask t5.1.1-base padding=mask ;;
+    small-features) train small-features t5.1.1-small padding=features ;;
+    base-features) train base-features t5.1.1-base padding=features ;;
     small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
     small-notriton | base-notriton)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \

@@ -3,8 +3,9 @@
 Compiling the whole train step takes minutes on a GPU; these pieces compile in seconds, so
 one run on an accelerator shows which part is far from its FLOP or bandwidth bound:
 
-- one encoder layer and one decoder layer (attention + MLP), per attention path / padding mode;
-- the attention kernel alone: cuDNN or XLA, boolean padding mask vs sequence lengths;
+- one encoder layer (attention + MLP) per attention path (cuDNN, XLA) and padding mode (boolean
+  mask, sequence lengths, extra head features);
+- one decoder layer per padding mode of its cross-attention;
 - classifier + cross-entropy (+ z-loss) with float32 or bfloat16 logits;
 - the token-embedding lookup and its gradient;
 - one optimizer update (Adafactor or scaled AdamW) over the model's full parameter tree.
@@ -28,7 +29,7 @@ import numpy as np
 from flax import linen as nn
 
 from t5forge.model.config import get_config
-from t5forge.model.layers import PaddingLengths
+from t5forge.model.layers import PaddingFeatures, PaddingLengths
 from t5forge.model.losses import loss_and_metrics
 from t5forge.model.network import DecoderLayer, EncoderLayer, Transformer, attention_mask
 from t5forge.model.optim import OptimizerConfig, make_optimizer
@@ -90,14 +91,17 @@ def run(args) -> list[dict]:
 
     # Whole layers, per attention path and padding mode.
     for impl in args.impls:
-        for padding in ("mask", "lengths"):
+        for padding in ("mask", "lengths", "features"):
             layer_cfg = cfg.replace(attention_impl=impl, padding=padding)
             bias = jnp.zeros((1, h, li, li), dtype)
             if padding == "mask":
                 mask = attention_mask(jnp.asarray(segments), jnp.asarray(segments))
-            else:
+            elif padding == "lengths":
                 lengths = jnp.asarray(enc_len, jnp.int32)
                 mask = PaddingLengths(lengths, lengths)
+            else:
+                real = jnp.asarray(segments != 0)
+                mask = PaddingFeatures(real, real)
             layer = EncoderLayer(layer_cfg, 0)
             try:
                 params = layer.init(jax.random.key(0), x_enc, bias, mask)["params"]
@@ -107,12 +111,24 @@ def run(args) -> list[dict]:
             except Exception as e:  # noqa: BLE001 - report and go on with the other parts
                 record(f"encoder layer ({impl}, {padding})", float("nan"), error=str(e)[:300])
 
-    dec_layer = DecoderLayer(cfg.replace(attention_impl=args.impls[0]), 0)
-    cross = jnp.broadcast_to(jnp.asarray(segments != 0)[:, None, None, :], (b, 1, lt, li))
+    real = jnp.asarray(segments != 0)
+    crosses = {
+        "mask": jnp.broadcast_to(real[:, None, None, :], (b, 1, lt, li)),
+        "lengths": PaddingLengths(None, jnp.asarray(enc_len, jnp.int32)),
+        "features": PaddingFeatures(None, real),
+    }
     dec_bias = jnp.zeros((1, h, lt, lt), dtype)
-    params = dec_layer.init(jax.random.key(0), x_dec, x_enc, dec_bias, None, cross)["params"]
-    fn, fn_args = _fwd_bwd(dec_layer, nn.meta.unbox(params), x_dec, x_enc, dec_bias, None, cross)
-    record(f"decoder layer ({args.impls[0]}, mask)", _time(fn, *fn_args, repeats=args.repeats))
+    for padding, cross in crosses.items():
+        dec_layer = DecoderLayer(cfg.replace(attention_impl=args.impls[0], padding=padding), 0)
+        name = f"decoder layer ({args.impls[0]}, {padding})"
+        try:
+            params = dec_layer.init(jax.random.key(0), x_dec, x_enc, dec_bias, None, cross)
+            fn, fn_args = _fwd_bwd(
+                dec_layer, nn.meta.unbox(params["params"]), x_dec, x_enc, dec_bias, None, cross
+            )
+            record(name, _time(fn, *fn_args, repeats=args.repeats))
+        except Exception as e:  # noqa: BLE001 - report and go on with the other parts
+            record(name, float("nan"), error=str(e)[:300])
 
     # The classifier and the loss.
     kernel = jnp.asarray(rng.normal(size=(cfg.d_model, cfg.vocab_size)) * 0.02, jnp.float32)

@@ -7,8 +7,8 @@ machines have JAX but neither pytest nor TensorFlow, so the file also runs as a 
     PYTHONPATH=. python tests/test_gpu.py --fused xla  # the same checks on CPU (self-test)
 
 Each check compares loss and gradients of a 2+2-layer T5.1.1-small (bf16 activations) on a
-batch with trailing padding, unpacked and packed, between the fused path under test and XLA's
-attention with a boolean mask.
+batch with trailing padding (padding as mask, lengths, features and auto; and packed), between
+the fused path under test and XLA's attention with a boolean mask.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from flax import linen as nn
 
 from t5forge.model.config import get_config
 from t5forge.model.losses import loss_and_metrics
-from t5forge.model.network import Transformer, uses_padding_lengths
+from t5forge.model.network import Transformer, resolve_padding
 
 try:
     import pytest
@@ -86,9 +86,11 @@ def loss_and_grads(cfg, params, batch):
     return float(loss), jax.tree.map(lambda g: np.asarray(g, np.float64), grads)
 
 
-def compare(fused: str, padding: str, packed: bool, batch_size: int = 16) -> dict:
+def compare(
+    fused: str, padding: str, packed: bool, batch_size: int = 16, dtype: str = "bfloat16"
+) -> dict:
     """Loss and gradient relative differences of `fused` against XLA with a mask."""
-    overrides = dict(num_encoder_layers=2, num_decoder_layers=2, vocab_size=4096)
+    overrides = dict(num_encoder_layers=2, num_decoder_layers=2, vocab_size=4096, dtype=dtype)
     reference = get_config("t5.1.1-small", attention_impl="xla", padding="mask", **overrides)
     tested = reference.replace(attention_impl=fused, padding=padding)
     rng = np.random.default_rng(0)
@@ -108,7 +110,7 @@ def compare(fused: str, padding: str, packed: bool, batch_size: int = 16) -> dic
         "fused": fused,
         "padding": padding,
         "packed": packed,
-        "lengths_used": (not packed) and uses_padding_lengths(tested),
+        "mode": "segments" if packed else resolve_padding(tested),
         "loss": loss,
         "loss_rel": abs(loss - ref_loss) / abs(ref_loss),
         "grad_rel": (diff / norm) ** 0.5,
@@ -116,7 +118,13 @@ def compare(fused: str, padding: str, packed: bool, batch_size: int = 16) -> dic
     }
 
 
-CASES = [("mask", False), ("lengths", False), ("auto", False), ("auto", True)]
+CASES = [
+    ("mask", False),
+    ("lengths", False),
+    ("features", False),
+    ("auto", False),
+    ("auto", True),
+]
 
 
 def run_checks(fused: str) -> list[dict]:
@@ -138,18 +146,20 @@ if pytest is not None:
     @pytest.mark.parametrize("padding,packed", CASES)
     def test_cudnn_matches_xla_attention(padding, packed):
         result = compare("cudnn", padding, packed)
-        assert result["lengths_used"] == (padding in ("lengths", "auto") and not packed)
+        expected = "segments" if packed else {"auto": "lengths"}.get(padding, padding)
+        assert result["mode"] == expected
         assert result["loss_rel"] < LOSS_RTOL, result
         assert result["grad_rel"] < GRAD_RTOL, result
 
     def test_the_gpu_checks_run_on_cpu_with_xla_attention():
-        """The script's own logic (batches, packing, comparison) on XLA's path; on CPU
-        `auto` keeps the mask, `lengths` takes the sequence-lengths path."""
-        result = compare("xla", "lengths", False, batch_size=2)
-        assert result["lengths_used"]
-        assert result["loss_rel"] < 1e-5 and result["grad_rel"] < 1e-3, result
-        packed = compare("xla", "auto", True, batch_size=2)
-        assert not packed["lengths_used"] and packed["loss_rel"] == 0.0
+        """The script's own logic (batches, packing, comparison) on XLA's path in float32:
+        the lengths and features paths against the mask."""
+        for padding in ("lengths", "features"):
+            result = compare("xla", padding, False, batch_size=2, dtype="float32")
+            assert result["mode"] == padding
+            assert result["loss_rel"] < 1e-5 and result["grad_rel"] < 1e-3, result
+        packed = compare("xla", "auto", True, batch_size=2, dtype="float32")
+        assert packed["mode"] == "segments" and packed["loss_rel"] == 0.0
 
 
 def main() -> int:
@@ -161,7 +171,7 @@ def main() -> int:
     for r in results:
         print(
             f"{'ok  ' if r['ok'] else 'FAIL'} {r['fused']:5s} padding={r['padding']:7s} "
-            f"packed={r['packed']!s:5s} lengths={r['lengths_used']!s:5s} loss {r['loss']:.5f} "
+            f"packed={r['packed']!s:5s} as {r['mode']:8s} loss {r['loss']:.5f} "
             f"loss rel {r['loss_rel']:.1e} grad rel {r['grad_rel']:.1e} "
             f"(worst leaf {r['worst_leaf_grad_rel']:.1e})",
             flush=True,

@@ -1368,9 +1368,9 @@ def test_make_mesh_on_eight_devices(sharded_run):
 
 
 @pytest.mark.parametrize("impl", ["xla", "plain"])
-def test_length_padding_gives_the_mask_padding_logits(impl):
-    """padding="lengths" (cuDNN's own padding mask on GPU) changes nothing for real examples,
-    and an all-padding row stays finite."""
+def test_length_and_feature_padding_give_the_mask_padding_logits(impl):
+    """padding="lengths" (cuDNN's own padding mask on GPU) and "features" (extra q/k head
+    features) change nothing for real examples, and an all-padding row stays finite."""
     rng = np.random.default_rng(7)
     enc = rng.integers(2, 200, (4, 40)).astype(np.int32)
     enc[1, 25:] = 0
@@ -1379,7 +1379,7 @@ def test_length_padding_gives_the_mask_padding_logits(impl):
     dec = rng.integers(2, 200, (4, 12)).astype(np.int32)
     dec[:, 0] = 0
     logits = {}
-    for padding in ("mask", "lengths"):
+    for padding in ("mask", "lengths", "features"):
         cfg = get_config(
             "t5.1.1-tiny", vocab_size=200, dtype="float32", attention_impl=impl, padding=padding
         )
@@ -1387,21 +1387,25 @@ def test_length_padding_gives_the_mask_padding_logits(impl):
         params = nn.meta.unbox(model.init(jax.random.key(0), enc, dec))
         logits[padding] = np.asarray(model.apply(params, enc, dec))
     real = [0, 1, 3]
-    np.testing.assert_allclose(logits["lengths"][real], logits["mask"][real], atol=1e-5)
-    assert np.isfinite(logits["lengths"]).all()
+    for padding in ("lengths", "features"):
+        np.testing.assert_allclose(logits[padding][real], logits["mask"][real], atol=1e-5)
+        assert np.isfinite(logits[padding]).all()
+    # features keeps the mask's semantics even for the all-padding row
+    np.testing.assert_allclose(logits["features"], logits["mask"], atol=1e-5)
     with pytest.raises(ValueError, match="padding"):
         get_config("t5.1.1-tiny", padding="segments")
 
 
 def test_auto_padding_uses_lengths_exactly_where_attention_runs_on_cudnn():
-    from t5forge.model.network import uses_padding_lengths
+    from t5forge.model.network import resolve_padding
 
     tiny = get_config("t5.1.1-tiny")
     assert tiny.padding == "auto"
     on_gpu = jax.default_backend() == "gpu"
-    assert uses_padding_lengths(tiny) == on_gpu  # bf16 by default: cuDNN exactly on GPU
-    assert uses_padding_lengths(tiny.replace(attention_impl="cudnn"))
-    assert not uses_padding_lengths(tiny.replace(attention_impl="xla"))
-    assert not uses_padding_lengths(tiny.replace(attention_impl="cudnn", talking_heads=True))
-    assert uses_padding_lengths(tiny.replace(padding="lengths", attention_impl="xla"))
-    assert not uses_padding_lengths(tiny.replace(padding="mask", attention_impl="cudnn"))
+    # bf16 by default: cuDNN exactly on GPU
+    assert resolve_padding(tiny) == ("lengths" if on_gpu else "mask")
+    assert resolve_padding(tiny.replace(attention_impl="cudnn")) == "lengths"
+    assert resolve_padding(tiny.replace(attention_impl="xla")) == "mask"
+    assert resolve_padding(tiny.replace(attention_impl="cudnn", talking_heads=True)) == "mask"
+    for explicit in ("mask", "lengths", "features"):
+        assert resolve_padding(tiny.replace(padding=explicit, attention_impl="cudnn")) == explicit

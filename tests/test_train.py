@@ -166,8 +166,9 @@ def test_padding_lengths_train_like_the_mask_and_a_refused_graph_falls_back(
 ):
     """padding="auto" sends unpacked padding to cuDNN as sequence lengths. Here the decision
     is made to believe it runs on cuDNN (the kernels still run XLA's path on CPU): the losses
-    equal the boolean-mask run's, and when the attention refuses lengths (as an older cuDNN
-    might) the steps are recompiled with the mask and the run goes on with a warning."""
+    equal the boolean-mask run's. When the attention refuses lengths (as some cuDNN might),
+    the steps are recompiled with padding as head features, and if those are refused too,
+    with the mask; the run goes on with a warning per refusal."""
     import jax
 
     from t5forge.model import network
@@ -181,46 +182,62 @@ def test_padding_lengths_train_like_the_mask_and_a_refused_graph_falls_back(
     def run(name, padding):
         logs = []
         overrides = {"vocab_size": VOCAB, "dtype": "float32", "padding": padding}
+        config = _config(
+            tmp_path / name,
+            steps=6,
+            checkpoint_every=0,
+            eval_every=6,
+            eval_batches=2,
+            model_overrides=overrides,
+        )
         summary = train(
-            _config(
-                tmp_path / name,
-                steps=6,
-                checkpoint_every=0,
-                eval_every=6,
-                eval_batches=2,
-                model_overrides=overrides,
-            ),
-            ArrayBatches(arrays, 8),
-            ArrayBatches(held, 8, shuffle=False),
-            log=logs.append,
+            config, ArrayBatches(arrays, 8), ArrayBatches(held, 8, shuffle=False), log=logs.append
         )
         return summary, _train_rows(tmp_path / name), logs
 
+    def assert_same_losses(summary, rows, exact=False):
+        for step in range(1, 7):
+            if exact:
+                assert rows[step]["loss"] == mask_rows[step]["loss"]
+            else:
+                assert rows[step]["loss"] == pytest.approx(mask_rows[step]["loss"], rel=1e-5)
+        assert summary["eval"]["cross_entropy"] == pytest.approx(
+            mask["eval"]["cross_entropy"], rel=0 if exact else 1e-5
+        )
+
     mask, mask_rows, _ = run("mask", "mask")
-    lengths, lengths_rows, _ = run("lengths", "auto")
+    lengths, lengths_rows, logs = run("lengths", "auto")
     assert (mask["padding"], lengths["padding"]) == ("mask", "lengths")
-    for step in range(1, 7):
-        assert lengths_rows[step]["loss"] == pytest.approx(mask_rows[step]["loss"], rel=1e-5)
-    assert lengths["eval"]["cross_entropy"] == pytest.approx(
-        mask["eval"]["cross_entropy"], rel=1e-5
-    )
+    assert not [line for line in logs if "warning" in line]
+    assert_same_losses(lengths, lengths_rows)
 
     real_attention = jax.nn.dot_product_attention
+    refused = {"lengths"}
 
-    def refusing(*args, query_seq_lengths=None, key_value_seq_lengths=None, **kwargs):
-        if query_seq_lengths is not None or key_value_seq_lengths is not None:
+    def refusing(q, k, v, *args, query_seq_lengths=None, key_value_seq_lengths=None, **kwargs):
+        given = query_seq_lengths is not None or key_value_seq_lengths is not None
+        if "lengths" in refused and given:
             raise NotImplementedError("this cuDNN refuses a bias with sequence lengths")
-        return real_attention(*args, **kwargs)
+        if "features" in refused and q.shape[-1] != 16:  # t5.1.1-tiny's head size
+            raise NotImplementedError("this cuDNN refuses a head size of 24")
+        return real_attention(q, k, v, *args, **kwargs)
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", refusing)
+    features, features_rows, logs = run("features", "auto")
+    assert features["padding"] == "features"
+    warnings = [line for line in logs if "did not compile" in line]
+    assert len(warnings) == 1 and "refuses a bias with sequence lengths" in warnings[0]
+    assert "--override padding=features" in warnings[0]
+    assert any(line.startswith("compiled the train step in") for line in logs)
+    assert_same_losses(features, features_rows)
+
+    refused.add("features")
     fallback, fallback_rows, logs = run("fallback", "auto")
     assert fallback["padding"] == "mask"
-    warning = [line for line in logs if "did not compile" in line]
-    assert len(warning) == 1 and "refuses a bias with sequence lengths" in warning[0]
-    assert any(line.startswith("compiled the train step in") for line in logs)
-    for step in range(1, 7):
-        assert fallback_rows[step]["loss"] == mask_rows[step]["loss"]
-    # An explicit padding="lengths" is what the user asked for: no silent fallback.
+    warnings = [line for line in logs if "did not compile" in line]
+    assert len(warnings) == 2 and "head size of 24" in warnings[1]
+    assert_same_losses(fallback, fallback_rows, exact=True)
+    # An explicit padding is what the user asked for: no silent fallback.
     with pytest.raises(NotImplementedError, match="refuses"):
         run("explicit", "lengths")
 

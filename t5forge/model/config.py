@@ -15,6 +15,9 @@ from collections.abc import Sequence
 ACTIVATIONS = ("relu", "gelu", "gelu_exact", "silu", "linear")
 
 
+PADDING_MODES = ("auto", "mask", "lengths", "features")
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """Shapes and numerics of one T5-family encoder-decoder.
@@ -54,11 +57,13 @@ class T5Config:
     # the plain einsum path where neither applies (talking heads, attention dropout).
     attention_impl: str = "auto"
     float32_attention_logits: bool = False
-    # Padding of unpacked batches: "mask" (a boolean mask) or "lengths" (per-example lengths:
-    # cuDNN's own padding mask, so the position bias stays one (1, heads, q, k) tensor shared
-    # by the batch instead of being folded with the mask into a per-example one; padding must
-    # be trailing, as seqio's converters make it). "auto": lengths where attention runs on
-    # cuDNN, mask elsewhere. Packed batches always use segment masks.
+    # How an unpacked batch's padding reaches the attention kernels: "mask" (a boolean mask,
+    # which jax's cuDNN wrapper folds with the position bias into a per-example tensor),
+    # "lengths" (per-example lengths: cuDNN's own padding mask; padding must be trailing, as
+    # seqio's converters make it) or "features" (one extra query/key feature that adds a large
+    # negative number to q.k at padding keys; no mask at all). Both keep the position bias one
+    # (1, heads, q, k) tensor. "auto": lengths where attention runs on cuDNN, mask elsewhere.
+    # Packed batches always use segment masks.
     padding: str = "auto"
     # Rematerialisation of each layer in the backward pass: "none", "full", "dots"
     # (keep matmul outputs, recompute the rest).
@@ -77,8 +82,8 @@ class T5Config:
                 )
         if self.attention_impl not in ("auto", "cudnn", "xla", "plain"):
             raise ValueError(f"{self.name}: attention_impl must be auto, cudnn, xla or plain")
-        if self.padding not in ("auto", "mask", "lengths"):
-            raise ValueError(f"{self.name}: padding must be auto, mask or lengths")
+        if self.padding not in PADDING_MODES:
+            raise ValueError(f"{self.name}: padding must be one of {PADDING_MODES}")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"{self.name}: remat must be none, full or dots")
         if self.relpos_buckets % 2:

@@ -247,6 +247,60 @@ class PaddingLengths(NamedTuple):
     key_value: jax.Array
 
 
+class PaddingFeatures(NamedTuple):
+    """Padding of unpacked examples as per-token flags, applied through extra head features.
+
+    The fused kernels then get no mask at all: one more query feature (1 for a real query, 0
+    for a padding query) meets one more key feature (0 for a real key, a large negative number
+    for a padding key), so q.k gains exactly 0 for every pair that the mask keeps and the large
+    negative number where it masks a padding key; the head size is padded to the next multiple
+    of 8 with zeros. The position bias stays one (1, heads, q, k) tensor, the configuration the
+    fused kernels support best (as for causal decoder self-attention). Same semantics as
+    `attention_mask` on segment ids `tokens > 0`: padding queries see every key.
+    """
+
+    query: jax.Array | None  # (batch, q) bool, None: every query is real
+    key: jax.Array  # (batch, k) bool
+
+
+# Added to q.k for a masked pair in the features path: far below any real logit, yet finite so
+# that a row with only padding keys stays finite (as the mask paths' large negative numbers).
+_FEATURE_MASK_VALUE = -1e9
+
+
+def features_mask(padding: PaddingFeatures, q_len: int) -> jax.Array:
+    """The boolean (batch, 1, q, k) mask equivalent to `padding`."""
+    keys = padding.key[:, None, None, :]
+    if padding.query is None:
+        return jnp.broadcast_to(keys, (keys.shape[0], 1, q_len, keys.shape[-1]))
+    return jnp.logical_or(keys, ~padding.query[:, None, :, None])
+
+
+def add_padding_features(q, k, v, padding: PaddingFeatures):
+    """q, k, v (batch, len, heads, d) -> the same with d padded to a multiple of 8 (at least
+    one more) carrying the padding as described in `PaddingFeatures`."""
+    d = q.shape[-1]
+    extra = (-(d + 1) % 8) + 1
+    batch, q_len, heads = q.shape[:3]
+    k_len = k.shape[1]
+    real_query = (
+        jnp.ones((batch, q_len), q.dtype)
+        if padding.query is None
+        else padding.query.astype(q.dtype)
+    )
+    key_penalty = jnp.where(padding.key, 0.0, _FEATURE_MASK_VALUE).astype(k.dtype)
+
+    def widen(x, feature, length):
+        feature = jnp.broadcast_to(feature[:, :, None, None], (batch, length, heads, 1))
+        zeros = jnp.zeros((batch, length, heads, extra - 1), x.dtype)
+        return jnp.concatenate([x, feature, zeros], axis=-1)
+
+    q = widen(q, real_query, q_len)
+    k = widen(k, key_penalty, k_len)
+    v = jnp.concatenate([v, jnp.zeros((*v.shape[:-1], extra), v.dtype)], axis=-1)
+    return q, k, v
+
+
 def lengths_mask(lengths: PaddingLengths, q_len: int, k_len: int) -> jax.Array:
     """The boolean (batch, 1, q, k) mask equivalent to `lengths` (padding queries see all)."""
     keys = jnp.arange(k_len)[None, None, None, :] < lengths.key_value[:, None, None, None]
@@ -332,7 +386,7 @@ class MultiHeadAttention(nn.Module):
         inputs_q: jax.Array,
         inputs_kv: jax.Array,
         bias: jax.Array | None = None,
-        mask: jax.Array | PaddingLengths | None = None,
+        mask: jax.Array | PaddingLengths | PaddingFeatures | None = None,
         *,
         is_causal: bool = False,
     ) -> jax.Array:
@@ -364,6 +418,12 @@ class MultiHeadAttention(nn.Module):
                 mask = lengths_mask(mask, q.shape[1], k.shape[1])
             else:
                 lengths, mask = mask, None
+        elif isinstance(mask, PaddingFeatures):
+            if impl == "plain":
+                mask = features_mask(mask, q.shape[1])
+            else:
+                q, k, v = add_padding_features(q, k, v, mask)
+                mask = None
         if impl == "plain":
             mixes = {}
             if self.talking_heads:
@@ -394,6 +454,6 @@ class MultiHeadAttention(nn.Module):
                 query_seq_lengths=None if lengths is None else lengths.query,
                 key_value_seq_lengths=None if lengths is None else lengths.key_value,
                 implementation=impl,
-            )
+            )[..., :d]
         out = constrain(out, split).reshape(*out.shape[:-2], h * d)
         return dense(inputs_q.shape[-1], ("joined_kv", "embed"), name="out")(out)

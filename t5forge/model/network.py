@@ -19,6 +19,7 @@ from t5forge.model.layers import (
     LayerNorm,
     MlpBlock,
     MultiHeadAttention,
+    PaddingFeatures,
     PaddingLengths,
     RelativePositionBiases,
     constrain,
@@ -38,16 +39,18 @@ def attention_mask(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
     return jnp.logical_or(same, (q_segments == 0)[:, :, None])[:, None]
 
 
-def uses_padding_lengths(config: T5Config) -> bool:
-    """Whether unpacked batches pass their padding as per-example lengths.
+def resolve_padding(config: T5Config) -> str:
+    """How an unpacked batch's padding reaches the attention kernels: "mask", "lengths" or
+    "features" (see `T5Config.padding`); packed batches always use segment masks.
 
-    "auto" does so where the attention runs on cuDNN: jax's cuDNN wrapper adds a boolean mask
-    into the bias, which turns the shared (1, heads, q, k) position bias into a
-    (batch, heads, q, k) tensor written, read and differentiated per layer, while lengths use
-    cuDNN's built-in padding mask. Elsewhere both give the same numbers; the mask is kept.
+    "auto" avoids the boolean mask where attention runs on cuDNN: jax's cuDNN wrapper adds a
+    mask into the bias, which turns the shared (1, heads, q, k) position bias into a
+    (batch, heads, q, k) tensor written, read and differentiated per layer. There it sends
+    sequence lengths (cuDNN's own padding mask). Elsewhere all give the same numbers and the
+    mask is kept.
     """
     if config.padding != "auto":
-        return config.padding == "lengths"
+        return config.padding
     impl = resolve_attention_impl(
         config.attention_impl,
         dtype=config.dtype,
@@ -55,7 +58,7 @@ def uses_padding_lengths(config: T5Config) -> bool:
         dropout=False,
         head_dim=config.d_kv,
     )
-    return impl == "cudnn"
+    return "lengths" if impl == "cudnn" else "mask"
 
 
 def _remat(module_cls, policy: str):
@@ -202,15 +205,14 @@ class Encoder(_Stack):
         tokens: jax.Array,
         segment_ids: jax.Array,
         deterministic: bool = True,
-        lengths: jax.Array | None = None,
+        padding: PaddingLengths | PaddingFeatures | None = None,
     ) -> jax.Array:
+        """`padding`: an unpacked batch's padding in a kernel-friendly form, else None
+        (segment masks from `segment_ids`)."""
         cfg = self.config
         length = tokens.shape[-1]
         bias = self.shared_bias(length, length, bidirectional=True)
-        if lengths is None:
-            mask = attention_mask(segment_ids, segment_ids)
-        else:
-            mask = PaddingLengths(lengths, lengths)
+        mask = attention_mask(segment_ids, segment_ids) if padding is None else padding
         x = self.embed(tokens, deterministic)
         layer_cls = _remat(EncoderLayer, cfg.remat)
         for i in range(cfg.num_encoder_layers):
@@ -227,14 +229,14 @@ class Decoder(_Stack):
         encoder_segment_ids: jax.Array,
         decoder_segment_ids: jax.Array | None,
         deterministic: bool = True,
-        encoder_lengths: jax.Array | None = None,
+        cross_padding: PaddingLengths | PaddingFeatures | None = None,
     ) -> jax.Array:
         cfg = self.config
         length = decoder_input_tokens.shape[-1]
         bias = self.shared_bias(length, length, bidirectional=False)
-        if encoder_lengths is not None:
+        if cross_padding is not None:
             self_mask = None  # causality alone: padding comes last
-            cross_mask = PaddingLengths(None, encoder_lengths)
+            cross_mask = cross_padding
         elif decoder_segment_ids is None:
             # Unpacked: causality alone keeps real targets from seeing padding (it comes last);
             # every target sees every real input token.
@@ -288,21 +290,26 @@ class Transformer(nn.Module):
         self.encoder = Encoder(cfg, self.token_embedder)
         self.decoder = Decoder(cfg, self.token_embedder)
 
-    def _lengths(self, encoder_input_tokens, packed: bool):
-        """Per-example input lengths when padding goes to the kernels as lengths (see
-        `uses_padding_lengths`), else None."""
-        if packed or not uses_padding_lengths(self.config):
-            return None
-        positions = jnp.arange(1, encoder_input_tokens.shape[-1] + 1)
-        last = jnp.max(jnp.where(encoder_input_tokens > 0, positions, 0), axis=-1)
-        # An all-padding row keeps one key so that no attention row is empty.
-        return jnp.maximum(last, 1).astype(jnp.int32)
+    def _padding(self, encoder_input_tokens, packed: bool):
+        """(encoder self-attention, cross-attention) padding for the kernels when an unpacked
+        batch's padding does not go as a boolean mask (`resolve_padding`), else (None, None)."""
+        mode = "mask" if packed else resolve_padding(self.config)
+        if mode == "lengths":
+            positions = jnp.arange(1, encoder_input_tokens.shape[-1] + 1)
+            last = jnp.max(jnp.where(encoder_input_tokens > 0, positions, 0), axis=-1)
+            # An all-padding row keeps one key so that no attention row is empty.
+            lengths = jnp.maximum(last, 1).astype(jnp.int32)
+            return PaddingLengths(lengths, lengths), PaddingLengths(None, lengths)
+        if mode == "features":
+            real = encoder_input_tokens > 0
+            return PaddingFeatures(real, real), PaddingFeatures(None, real)
+        return None, None
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic=True):
-        lengths = self._lengths(encoder_input_tokens, encoder_segment_ids is not None)
+        padding, _ = self._padding(encoder_input_tokens, encoder_segment_ids is not None)
         if encoder_segment_ids is None:
             encoder_segment_ids = (encoder_input_tokens > 0).astype(jnp.int32)
-        return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic, lengths)
+        return self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic, padding)
 
     def __call__(
         self,
@@ -314,15 +321,15 @@ class Transformer(nn.Module):
         deterministic: bool = True,
     ) -> jax.Array:
         packed = encoder_segment_ids is not None
-        lengths = self._lengths(encoder_input_tokens, packed)
+        padding, cross_padding = self._padding(encoder_input_tokens, packed)
         if not packed:
             encoder_segment_ids = (encoder_input_tokens > 0).astype(jnp.int32)
-        encoded = self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic, lengths)
+        encoded = self.encoder(encoder_input_tokens, encoder_segment_ids, deterministic, padding)
         return self.decoder(
             encoded,
             decoder_input_tokens,
             encoder_segment_ids,
             decoder_segment_ids if packed else None,
             deterministic,
-            lengths,
+            cross_padding,
         )

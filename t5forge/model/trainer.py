@@ -33,7 +33,7 @@ from flax import struct
 from t5forge.model import sharding
 from t5forge.model.config import T5Config, get_config, train_flops
 from t5forge.model.losses import NORMALIZATIONS, loss_and_metrics, loss_weights
-from t5forge.model.network import Transformer, uses_padding_lengths
+from t5forge.model.network import Transformer, resolve_padding
 from t5forge.model.optim import OptimizerConfig, make_optimizer
 
 # Dense bf16 peak FLOP/s by device kind, for MFU (spec sheets; SXM parts).
@@ -196,18 +196,24 @@ def make_eval_step(model: Transformer, config: TrainConfig) -> Callable:
     return eval_step
 
 
+# What `padding="auto"` tries next when the fused kernels refuse a graph at compile time.
+_PADDING_FALLBACKS = {"lengths": "features", "features": "mask"}
+
+
 class _CompiledSteps:
     """The jitted train and eval steps, compiled ahead of their first call.
 
-    Compiling explicitly times compilation apart from training and lets one failure be
-    recovered: with `padding="auto"` on cuDNN the padding goes to the kernel as sequence
-    lengths (see `uses_padding_lengths`); should this cuDNN/jax combination refuse that graph,
-    the steps are rebuilt with the boolean padding mask (same numbers, slower) and the run
-    goes on with a warning instead of failing.
+    Compiling explicitly times compilation apart from training and lets a refusal be recovered:
+    with `padding="auto"` on cuDNN an unpacked batch's padding goes to the kernel as sequence
+    lengths (`resolve_padding`); should this cuDNN/jax combination refuse that graph, the steps
+    are rebuilt with the padding as extra head features, then as the boolean mask (same
+    numbers, slower), and the run goes on with a warning instead of failing. An explicit
+    `padding` is never replaced.
     """
 
     def __init__(self, model_config: T5Config, build, log: Callable[[str], None]):
         self.model_config = model_config
+        self._automatic = model_config.padding == "auto"
         self._build = build  # T5Config -> {"train": jitted, "eval": jitted}
         self._jitted = build(model_config)
         self._compiled: dict = {}
@@ -224,22 +230,25 @@ class _CompiledSteps:
 
     def _compile(self, which: str, key, args):
         start = time.perf_counter()
-        try:
-            compiled = self._jitted[which].lower(*args).compile()
-        except Exception as error:  # noqa: BLE001 - any refusal of the lengths graph
-            cfg = self.model_config
-            if cfg.padding != "auto" or not uses_padding_lengths(cfg):
-                raise
-            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-            self._log(
-                f"warning: the {which} step with padding as sequence lengths did not compile "
-                f"({type(error).__name__}: {reason}); using the boolean padding mask instead "
-                "(same numbers, slower on cuDNN). Pass --override padding=mask to skip this try."
-            )
-            self.model_config = dataclasses.replace(cfg, padding="mask")
-            self._jitted = self._build(self.model_config)
-            self._compiled.clear()
-            compiled = self._jitted[which].lower(*args).compile()
+        while True:
+            try:
+                compiled = self._jitted[which].lower(*args).compile()
+                break
+            except Exception as error:  # noqa: BLE001 - any refusal of the kernel graph
+                current = resolve_padding(self.model_config)
+                fallback = _PADDING_FALLBACKS.get(current) if self._automatic else None
+                if fallback is None:
+                    raise
+                text = str(error).strip()
+                reason = text.splitlines()[0][:300] if text else ""
+                self._log(
+                    f"warning: the {which} step with padding as {current} did not compile "
+                    f"({type(error).__name__}: {reason}); trying padding as {fallback} (same "
+                    f"numbers). Pass --override padding={fallback} to skip this try."
+                )
+                self.model_config = dataclasses.replace(self.model_config, padding=fallback)
+                self._jitted = self._build(self.model_config)
+                self._compiled.clear()
         seconds = time.perf_counter() - start
         self.compile_seconds += seconds
         self._log(f"compiled the {which} step in {seconds:.1f} s")
@@ -676,17 +685,12 @@ def train(
         "mesh": dict(mesh.shape),
         "compile_seconds": steps.compile_seconds,
         # What the compiled steps used: "auto" can fall back to the mask.
-        "padding": _padding_used(steps.model_config),
+        "padding": resolve_padding(steps.model_config),
     }
     if timed_steps:
         summary["seconds_per_step"] = timed_seconds / timed_steps
         summary["tokens_per_second"] = tokens_per_batch * timed_steps / timed_seconds
     return summary
-
-
-def _padding_used(model_config: T5Config) -> str:
-    """How unpacked batches' padding reached the attention kernels."""
-    return "lengths" if uses_padding_lengths(model_config) else "mask"
 
 
 def _place_params(initial, boxed_shapes, shardings):
