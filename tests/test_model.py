@@ -1396,6 +1396,21 @@ def test_length_and_feature_padding_give_the_mask_padding_logits(impl):
         get_config("t5.1.1-tiny", padding="segments")
 
 
+def test_old_jax_never_gets_a_per_example_bias_on_cudnn():
+    """jax < 0.8 drops the cuDNN gradient of a bias with batch > 1 (a mask folded into the
+    shared position bias makes it per-example): such calls must take XLA's path there."""
+    from t5forge.model.layers import cudnn_keeps_bias_gradient
+
+    shared, mask = (1, 8, 512, 512), (128, 1, 512, 512)
+    assert cudnn_keeps_bias_gradient(shared, None, "0.7.2")
+    assert cudnn_keeps_bias_gradient(shared, (1, 1, 512, 512), "0.7.2")
+    assert cudnn_keeps_bias_gradient(None, mask, "0.7.2")  # no learned bias (cross-attention)
+    assert not cudnn_keeps_bias_gradient(shared, mask, "0.7.2")
+    assert not cudnn_keeps_bias_gradient(shared, mask, "0.4.35")
+    assert cudnn_keeps_bias_gradient(shared, mask, "0.8.0")
+    assert cudnn_keeps_bias_gradient(shared, mask, "0.11.2")
+
+
 def test_auto_padding_uses_lengths_exactly_where_attention_runs_on_cudnn():
     from t5forge.model.network import resolve_padding
 

@@ -326,6 +326,24 @@ def resolve_attention_impl(
     return "xla"
 
 
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (int(part) for part in text.split(".")[:2])
+    return major, minor
+
+
+def cudnn_keeps_bias_gradient(bias_shape, mask_shape, jax_version: str = jax.__version__) -> bool:
+    """Whether jax's cuDNN path returns the gradient of a learned bias for these shapes.
+
+    Before jax 0.8, `should_export_dbias` asked cuDNN for the bias gradient only when the bias
+    has batch dimension 1; a per-example boolean mask folded into the bias makes it
+    (batch, heads, q, k), and the position bias's gradient was then silently zero.
+    """
+    if bias_shape is None:
+        return True
+    batch = max(bias_shape[0], 1 if mask_shape is None else mask_shape[0])
+    return batch == 1 or _version(jax_version) >= (0, 8)
+
+
 def plain_attention(
     q: jax.Array,
     k: jax.Array,
@@ -424,6 +442,10 @@ class MultiHeadAttention(nn.Module):
             else:
                 q, k, v = add_padding_features(q, k, v, mask)
                 mask = None
+        if impl == "cudnn" and not cudnn_keeps_bias_gradient(
+            None if bias is None else bias.shape, None if mask is None else mask.shape
+        ):
+            impl = "xla"  # correct gradients first: this jax would drop the bias gradient
         if impl == "plain":
             mixes = {}
             if self.talking_heads:
