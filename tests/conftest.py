@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -11,6 +13,7 @@ import t5forge.beam_jobs.cld3  # noqa: F401, I001
 # What t5forge caches by default (the bad-words lists, compiled training steps) goes under a
 # temporary directory during the tests, not the home directory of whoever runs them.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="t5forge-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 SHARED_WET = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "wet")
 PYTHON_DOCS_WET = os.path.join(SHARED_WET, "python-docs-3.11.warc.wet.gz")
