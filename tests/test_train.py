@@ -228,7 +228,10 @@ def test_padding_lengths_train_like_the_mask_and_a_refused_graph_falls_back(
     warnings = [line for line in logs if "did not compile" in line]
     assert len(warnings) == 1 and "refuses a bias with sequence lengths" in warnings[0]
     assert "--override padding=features" in warnings[0]
-    assert any(line.startswith("compiled the train step in") for line in logs)
+    compiled = [line for line in logs if line.startswith("compiled the train step in")]
+    assert len(compiled) == 1 and compiled[0].endswith(
+        "(attention: xla; padding of unpacked batches as features)"
+    )
     assert_same_losses(features, features_rows)
 
     refused.add("features")
