@@ -1396,6 +1396,24 @@ def test_length_and_feature_padding_give_the_mask_padding_logits(impl):
         get_config("t5.1.1-tiny", padding="segments")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_padding_features_add_zero_to_kept_pairs_and_mask_padding_keys(dtype):
+    from t5forge.model.layers import PaddingFeatures, add_padding_features
+
+    rng = np.random.default_rng(13)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 3, 16)), dtype) for _ in range(3))
+    real = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    wq, wk, wv = add_padding_features(q, k, v, PaddingFeatures(jnp.asarray(real), real))
+    assert wq.shape == wk.shape == wv.shape == (2, 5, 3, 24)
+    assert not np.asarray(wv[..., 16:], np.float32).any()
+    logits = np.asarray(jnp.einsum("bqhd,bkhd->bhqk", wq, wk, preferred_element_type=jnp.float32))
+    plain = np.asarray(jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32))
+    keep = real[:, None, None, :] | ~real[:, None, :, None]  # padding queries see every key
+    keep = np.broadcast_to(keep, logits.shape)
+    np.testing.assert_array_equal(logits[keep], plain[keep])  # exactly: the extra terms are 0
+    assert np.isfinite(logits).all() and (logits[~keep] < -1e4).all()
+
+
 def test_old_jax_never_gets_a_per_example_bias_on_cudnn():
     """jax < 0.8 drops the cuDNN gradient of a bias with batch > 1 (a mask folded into the
     shared position bias makes it per-example): such calls must take XLA's path there."""

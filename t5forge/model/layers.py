@@ -263,9 +263,11 @@ class PaddingFeatures(NamedTuple):
     key: jax.Array  # (batch, k) bool
 
 
-# Added to q.k for a masked pair in the features path: far below any real logit, yet finite so
-# that a row with only padding keys stays finite (as the mask paths' large negative numbers).
-_FEATURE_MASK_VALUE = -1e9
+def _feature_mask_value(dtype) -> float:
+    """Added to q.k for a masked pair in the features path: far below any real logit, yet
+    finite in `dtype` (a row with only padding keys stays finite, as on the mask paths, and
+    0 x value stays 0 for padding queries): -1e9, or half the most negative float16."""
+    return max(-1e9, float(jnp.finfo(dtype).min) / 2)
 
 
 def features_mask(padding: PaddingFeatures, q_len: int) -> jax.Array:
@@ -288,7 +290,7 @@ def add_padding_features(q, k, v, padding: PaddingFeatures):
         if padding.query is None
         else padding.query.astype(q.dtype)
     )
-    key_penalty = jnp.where(padding.key, 0.0, _FEATURE_MASK_VALUE).astype(k.dtype)
+    key_penalty = jnp.where(padding.key, 0.0, _feature_mask_value(k.dtype)).astype(k.dtype)
 
     def widen(x, feature, length):
         feature = jnp.broadcast_to(feature[:, :, None, None], (batch, length, heads, 1))
