@@ -244,6 +244,18 @@ def test_padding_lengths_train_like_the_mask_and_a_refused_graph_falls_back(
     with pytest.raises(NotImplementedError, match="refuses"):
         run("explicit", "lengths")
 
+    # Running out of memory is not a refusal: no other padding path would help.
+    attempts = []
+
+    def out_of_memory(*args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80 GB")
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", out_of_memory)
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        run("oom", "auto")
+    assert len(attempts) == 1  # one compilation, not one per padding path
+
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, span_arrays):
     from t5forge.model.data import ArrayBatches

@@ -199,6 +199,7 @@ def make_eval_step(model: Transformer, config: TrainConfig) -> Callable:
 
 # What `padding="auto"` tries next when the fused kernels refuse a graph at compile time.
 _PADDING_FALLBACKS = {"lengths": "features", "features": "mask"}
+_OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
 
 
 class _CompiledSteps:
@@ -238,9 +239,9 @@ class _CompiledSteps:
             except Exception as error:  # noqa: BLE001 - any refusal of the kernel graph
                 current = resolve_padding(self.model_config)
                 fallback = _PADDING_FALLBACKS.get(current) if self._automatic else None
-                if fallback is None:
-                    raise
                 text = str(error).strip()
+                if fallback is None or _OUT_OF_MEMORY in text:
+                    raise  # another padding path would not need less memory
                 reason = text.splitlines()[0][:300] if text else ""
                 self._log(
                     f"warning: the {which} step with padding as {current} did not compile "
