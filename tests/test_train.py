@@ -247,7 +247,9 @@ def test_padding_lengths_train_like_the_mask_and_a_refused_graph_falls_back(
     # Running out of memory is not a refusal: no other padding path would help.
     attempts = []
 
-    def out_of_memory(*args, **kwargs):
+    def out_of_memory(q, k, v, *args, query_seq_lengths=None, **kwargs):
+        if query_seq_lengths is None and q.shape[-1] == 16:  # the mask path (initialisation)
+            return real_attention(q, k, v, *args, **kwargs)
         attempts.append(1)
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80 GB")
 
