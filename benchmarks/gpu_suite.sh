@@ -72,7 +72,7 @@ EOF
       rm -rf "$work"
       ;;
     parity)
-      timeout "$LIMIT" "$PY" -u tests/test_gpu.py >"$OUT/parity.log" 2>&1
+      timeout 540 "$PY" -u tests/test_gpu.py >"$OUT/parity.log" 2>&1
       echo "parity: exit $?"
       grep -E "^(ok|FAIL)|^jax" "$OUT/parity.log"
       ;;

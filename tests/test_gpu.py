@@ -14,6 +14,7 @@ the fused path under test and XLA's attention with a boolean mask.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import jax
@@ -87,13 +88,11 @@ def loss_and_grads(cfg, params, batch):
     return float(loss), jax.tree.map(lambda g: np.asarray(g, np.float64), grads)
 
 
-def compare(
-    fused: str, padding: str, packed: bool, batch_size: int = 16, dtype: str = "bfloat16"
-) -> dict:
-    """Loss and gradient relative differences of `fused` against XLA with a mask."""
+@functools.cache
+def reference_run(packed: bool, batch_size: int, dtype: str):
+    """(config, batch, params, loss, grads) of XLA's attention with a boolean mask."""
     overrides = dict(num_encoder_layers=2, num_decoder_layers=2, vocab_size=4096, dtype=dtype)
     reference = get_config("t5.1.1-small", attention_impl="xla", padding="mask", **overrides)
-    tested = reference.replace(attention_impl=fused, padding=padding)
     rng = np.random.default_rng(0)
     batch = make_batch(rng, batch_size, 512, 114, overrides["vocab_size"], packed)
     params = nn.meta.unbox(
@@ -101,7 +100,15 @@ def compare(
             jax.random.key(0), batch["encoder_input_tokens"][:1], batch["decoder_input_tokens"][:1]
         )
     )["params"]
-    ref_loss, ref_grads = loss_and_grads(reference, params, batch)
+    return (reference, batch, params, *loss_and_grads(reference, params, batch))
+
+
+def compare(
+    fused: str, padding: str, packed: bool, batch_size: int = 16, dtype: str = "bfloat16"
+) -> dict:
+    """Loss and gradient relative differences of `fused` against XLA with a mask."""
+    reference, batch, params, ref_loss, ref_grads = reference_run(packed, batch_size, dtype)
+    tested = reference.replace(attention_impl=fused, padding=padding)
     loss, grads = loss_and_grads(tested, params, batch)
     named = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
     pairs = list(zip(jax.tree.leaves(grads), [leaf for _, leaf in named], strict=True))
