@@ -39,6 +39,17 @@ def attention_mask(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
     return jnp.logical_or(same, (q_segments == 0)[:, :, None])[:, None]
 
 
+def config_attention_impl(config: T5Config, *, dropout: bool = False) -> str:
+    """The attention path (`resolve_attention_impl`) that `config`'s layers take."""
+    return resolve_attention_impl(
+        config.attention_impl,
+        dtype=config.dtype,
+        talking_heads=config.talking_heads,
+        dropout=dropout,
+        head_dim=config.d_kv,
+    )
+
+
 def resolve_padding(config: T5Config) -> str:
     """How an unpacked batch's padding reaches the attention kernels: "mask", "lengths" or
     "features" (see `T5Config.padding`); packed batches always use segment masks.
@@ -51,14 +62,7 @@ def resolve_padding(config: T5Config) -> str:
     """
     if config.padding != "auto":
         return config.padding
-    impl = resolve_attention_impl(
-        config.attention_impl,
-        dtype=config.dtype,
-        talking_heads=config.talking_heads,
-        dropout=False,
-        head_dim=config.d_kv,
-    )
-    return "lengths" if impl == "cudnn" else "mask"
+    return "lengths" if config_attention_impl(config) == "cudnn" else "mask"
 
 
 def _remat(module_cls, policy: str):

@@ -32,9 +32,8 @@ from flax import struct
 
 from t5forge.model import sharding
 from t5forge.model.config import T5Config, get_config, train_flops
-from t5forge.model.layers import resolve_attention_impl
 from t5forge.model.losses import NORMALIZATIONS, loss_and_metrics, loss_weights
-from t5forge.model.network import Transformer, resolve_padding
+from t5forge.model.network import Transformer, config_attention_impl, resolve_padding
 from t5forge.model.optim import OptimizerConfig, make_optimizer
 
 # Dense bf16 peak FLOP/s by device kind, for MFU (spec sheets; SXM parts).
@@ -254,13 +253,7 @@ class _CompiledSteps:
         seconds = time.perf_counter() - start
         self.compile_seconds += seconds
         cfg = self.model_config
-        attention = resolve_attention_impl(
-            cfg.attention_impl,
-            dtype=cfg.dtype,
-            talking_heads=cfg.talking_heads,
-            dropout=cfg.dropout_rate > 0 and which == "train",
-            head_dim=cfg.d_kv,
-        )
+        attention = config_attention_impl(cfg, dropout=cfg.dropout_rate > 0 and which == "train")
         self._log(
             f"compiled the {which} step in {seconds:.1f} s (attention: {attention}; "
             f"padding of unpacked batches as {resolve_padding(cfg)})"
