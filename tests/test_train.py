@@ -395,58 +395,25 @@ def test_cli_train_plot_resume_and_export_hf(tmp_path, span_arrays, capsys):
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
-    assert (
-        cli(
-            [
-                "train",
-                "--data",
-                str(tmp_path / "missing.npz"),
-                "--steps",
-                "1",
-                "--output",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
-    assert "missing.npz" in capsys.readouterr().err
     bad = tmp_path / "bad.npz"
     np.savez(bad, encoder_input_tokens=np.ones((4, 8), np.int32))
-    assert cli(["train", "--data", str(bad), "--steps", "1", "--output", str(tmp_path / "o")]) == 2
-    assert "missing features" in capsys.readouterr().err
-    assert (
-        cli(
-            [
-                "train",
-                "--data",
-                str(bad),
-                "--steps",
-                "1",
-                "--output",
-                str(tmp_path / "o"),
-                "--model",
-                "t5.9-huge",
-            ]
-        )
-        == 2
-    )
-    assert "unknown model config" in capsys.readouterr().err
-    assert (
-        cli(
-            [
-                "train",
-                "--data",
-                str(bad),
-                "--steps",
-                "1",
-                "--output",
-                str(tmp_path / "o"),
-                "--mesh",
-                "data=3,pipeline=2",
-            ]
-        )
-        == 2
-    )
+    good = tmp_path / "good.npz"
+    rows = np.ones((16, 8), np.int32)
+    features = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+    np.savez(good, decoder_loss_weights=rows, **{name: rows for name in features})
+    cases = [
+        (tmp_path / "missing.npz", [], "missing.npz"),
+        (bad, [], "missing features"),
+        (bad, ["--model", "t5.9-huge"], "unknown model config"),
+        (good, ["--model", "t5.1.1-tiny", "--mesh", "data=3,pipeline=2"], "--mesh"),
+    ]
+    for data, extra, message in cases:
+        output = tmp_path / "o"
+        args = ["train", "--data", str(data), "--steps", "1", "--output", str(output), *extra]
+        assert cli(args) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not output.exists()  # no partial output
 
 
 def test_model_info_prints_the_published_parameter_count(capsys):

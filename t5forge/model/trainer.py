@@ -485,11 +485,11 @@ def train(
     initial = init_params
     model_config = config.model_config()
     lengths = train_data.lengths
+    mesh = sharding.make_mesh(config.mesh)  # a bad --mesh fails before anything is written
     os.makedirs(config.output, exist_ok=True)
     checkpoints = Checkpoints(config.output, config.keep_checkpoints)
     _check_output(config, checkpoints.latest_step() is not None)
 
-    mesh = sharding.make_mesh(config.mesh)
     # Initialisation runs a forward pass of one unpacked row; the parameters do not depend on
     # how padding reaches the kernels, so it uses the mask (no cuDNN lengths graph to refuse).
     model = Transformer(dataclasses.replace(model_config, padding="mask"))
