@@ -803,20 +803,13 @@ def test_plain_attention_with_talking_heads_matches_numpy():
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+_TINY_SHAPE = ("d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers", "num_decoder_layers")
+
+
 def talking_heads_config(**overrides):
     # t5.1.th-base shrunk to the tiny shapes (so that compiled primitives are shared)
-    return get_config(
-        "t5.1.th-base",
-        d_model=64,
-        num_heads=4,
-        d_kv=16,
-        d_ff=128,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        vocab_size=VOCAB,
-        dtype="float32",
-        **overrides,
-    )
+    shape = {field: getattr(tiny(), field) for field in _TINY_SHAPE}
+    return get_config("t5.1.th-base", **shape, vocab_size=VOCAB, dtype="float32", **overrides)
 
 
 def test_talking_heads():

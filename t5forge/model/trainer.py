@@ -247,7 +247,7 @@ class _CompiledSteps:
                     f"({type(error).__name__}: {reason}); trying padding as {fallback} (same "
                     f"numbers). Pass --override padding={fallback} to skip this try."
                 )
-                self.model_config = dataclasses.replace(self.model_config, padding=fallback)
+                self.model_config = self.model_config.replace(padding=fallback)
                 self._jitted = self._build(self.model_config)
                 self._compiled.clear()
         seconds = time.perf_counter() - start
@@ -492,7 +492,7 @@ def train(
 
     # Initialisation runs a forward pass of one unpacked row; the parameters do not depend on
     # how padding reaches the kernels, so it uses the mask (no cuDNN lengths graph to refuse).
-    model = Transformer(dataclasses.replace(model_config, padding="mask"))
+    model = Transformer(model_config.replace(padding="mask"))
     optimizer, schedule = make_optimizer(config.optimizer)
     rules = sharding.LOGICAL_AXIS_RULES
 
