@@ -160,8 +160,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--profile-steps",
         metavar="FIRST:LAST",
-        help="trace these steps with jax.profiler into OUTPUT/profile (view in TensorBoard or "
-        "Perfetto), e.g. 20:25",
+        help="trace these steps with jax.profiler into OUTPUT/profile (an xplane for TensorBoard "
+        "and perfetto_trace.json.gz for ui.perfetto.dev), e.g. 20:25",
     )
     run.add_argument("--no-progress", action="store_true")
     run.add_argument(

@@ -440,7 +440,9 @@ class _StepProfiler:
 
     def before(self, step: int) -> None:
         if self.steps and step == self.steps[0] and not self.active:
-            jax.profiler.start_trace(self.directory)
+            # The Perfetto JSON beside the xplane opens in ui.perfetto.dev without TensorBoard
+            # and is what benchmarks/profile_summary.py reads.
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
             self.active = True
 
     def after(self, step: int, state) -> None:
