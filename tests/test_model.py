@@ -605,14 +605,66 @@ def test_tied_and_untied_logits():
     out, logits = decoder_output_and_logits(untied, params, enc, dec)
     np.testing.assert_allclose(np.asarray(logits), out @ kernel, rtol=1e-5, atol=1e-5)
 
-    # bf16 activations: the classifier matmul still runs in fp32 (operands and result), tied
-    # or untied, unless logits_dtype asks for bf16 (the speed option)
+    # bf16 activations: the classifier multiplies bf16 operands into fp32 logits, tied or
+    # untied; classifier_dtype="float32" gives fp32 operands, logits_dtype="bfloat16" bf16 logits
     mixed = untied.replace(dtype="bfloat16")
     fp32, bf16 = ("float32",) * 3, ("bfloat16",) * 3
-    assert classifier_dtypes(mixed, params, enc, dec) == [fp32]
+    accumulate = ("bfloat16", "bfloat16", "float32")
+    assert classifier_dtypes(mixed, params, enc, dec) == [accumulate]
+    assert classifier_dtypes(mixed.replace(classifier_dtype="float32"), params, enc, dec) == [fp32]
     assert classifier_dtypes(mixed.replace(logits_dtype="bfloat16"), params, enc, dec) == [bf16]
     tied_params = random_params(tied)
-    assert classifier_dtypes(tied.replace(dtype="bfloat16"), tied_params, enc, dec) == [fp32]
+    assert classifier_dtypes(tied.replace(dtype="bfloat16"), tied_params, enc, dec) == [accumulate]
+
+
+def test_mixed_dot_multiplies_bf16_and_accumulates_fp32_in_both_passes():
+    """The classifier's matmul and both of its gradients: bf16 operands, float32 results; a
+    float32 kernel gets a float32 gradient (not one rounded to bf16)."""
+    from t5forge.model.layers import mixed_dot
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 48)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(48, 40)) * 0.1, jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(3, 5, 40)), jnp.float32)
+
+    def f(x, kernel):
+        return jnp.sum(mixed_dot(x, kernel, jnp.bfloat16, jnp.float32) * cotangent)
+
+    grad_x, grad_kernel = jax.grad(f, argnums=(0, 1))(x, kernel)
+    assert (grad_x.dtype, grad_kernel.dtype) == (jnp.bfloat16, jnp.float32)
+    y = mixed_dot(x, kernel, jnp.bfloat16, jnp.float32)
+    assert y.dtype == jnp.float32
+
+    def as64(a):  # the bf16-rounded operands, in float64
+        return np.asarray(a.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+    x64, k64, g64 = as64(x), as64(kernel), as64(cotangent)
+    np.testing.assert_allclose(np.asarray(y), x64 @ k64, rtol=1e-5, atol=1e-5)
+    want_kernel = np.einsum("bld,blv->dv", x64, g64)
+    np.testing.assert_allclose(np.asarray(grad_kernel), want_kernel, rtol=1e-5, atol=1e-5)
+    want_x = g64 @ k64.T  # rounded to bf16 at the end, as x is bf16
+    np.testing.assert_allclose(np.asarray(grad_x, np.float64), want_x, rtol=1e-2, atol=1e-2)
+
+    dots = [
+        eqn
+        for eqn in jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, kernel).jaxpr.eqns
+        for eqn in _all_eqns(eqn)
+        if eqn.primitive.name == "dot_general"
+    ]
+    assert len(dots) == 3
+    for eqn in dots:
+        operands = tuple(str(v.aval.dtype) for v in eqn.invars)
+        assert operands == ("bfloat16", "bfloat16") and str(eqn.outvars[0].aval.dtype) == "float32"
+
+
+def _all_eqns(eqn):
+    """eqn and the equations of every jaxpr nested in its parameters."""
+    yield eqn
+    for value in eqn.params.values():
+        for sub in value if isinstance(value, tuple | list) else (value,):
+            inner = getattr(sub, "jaxpr", sub)
+            for nested in getattr(inner, "eqns", ()):
+                yield from _all_eqns(nested)
 
 
 def classifier_dtypes(cfg, params, enc, dec):

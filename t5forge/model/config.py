@@ -48,11 +48,15 @@ class T5Config:
     relpos_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
     dropout_rate: float = 0.0
-    # Activations / parameters. Parameters stay fp32 (t5x); the untied classifier and the
-    # loss run in `logits_dtype` (fp32 in t5x).
+    # Activations / parameters. Parameters stay fp32 (t5x); the classifier's result and the
+    # loss are in `logits_dtype` (fp32 in t5x). The classifier multiplies in
+    # `classifier_dtype` (None: `dtype`) and accumulates in `logits_dtype`: bf16 operands
+    # with fp32 accumulation is what t5x's fp32 classifier does on a TPU at default precision;
+    # "float32" gives fp32 operands (TF32 on a GPU), about 2.5x slower there.
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     logits_dtype: str = "float32"
+    classifier_dtype: str | None = None
     # "auto": cuDNN fused attention on GPU with bf16/fp16, XLA's fused path otherwise, and
     # the plain einsum path where neither applies (talking heads, attention dropout).
     attention_impl: str = "auto"

@@ -2,8 +2,9 @@
 
 Pre-norm residual blocks; one relative-position table per stack shared by all its layers (per
 layer for umT5); a token embedding shared by encoder and decoder; logits tied to the embedding
-(T5 1.0, scaled by 1/sqrt(d_model)) or from a separate `logits_dense` in `logits_dtype`
-(T5 1.1). Inputs are integer token arrays; padding is id 0. Packed examples pass segment ids.
+(T5 1.0, scaled by 1/sqrt(d_model)) or from a separate `logits_dense` (T5 1.1), either one
+multiplying in the activation dtype and accumulating in `logits_dtype`. Inputs are integer
+token arrays; padding is id 0. Packed examples pass segment ids.
 """
 
 from __future__ import annotations
@@ -260,16 +261,19 @@ class Decoder(_Stack):
             )
         x = self.dropout(self.final_norm("decoder_norm")(x), deterministic)
         logits_dtype = jnp.dtype(cfg.logits_dtype)
+        operand_dtype = jnp.dtype(cfg.classifier_dtype or cfg.dtype)
         if cfg.tie_embeddings:
             # T5 1.0 rescales the decoder output before the tied projection.
-            logits = self.shared_embedding.attend(x * cfg.d_model**-0.5, logits_dtype)
+            x = x * cfg.d_model**-0.5
+            logits = self.shared_embedding.attend(x, operand_dtype, logits_dtype)
         else:
             logits = Dense(
                 cfg.vocab_size,
                 ("embed", "vocab"),
                 kernel_init=jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-                dtype=logits_dtype,
+                dtype=operand_dtype,
                 param_dtype=jnp.dtype(cfg.param_dtype),
+                out_dtype=logits_dtype,
                 name="logits_dense",
             )(x)
         return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
