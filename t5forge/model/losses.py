@@ -14,6 +14,25 @@ import jax.numpy as jnp
 NORMALIZATIONS = ("sum", "num_real_target_tokens", "num_total_target_tokens", "per_sequence")
 
 
+def _softmax_statistics(logits: jax.Array, targets: jax.Array):
+    """(log Z, the target's logit, the largest logit) per position, all float32.
+
+    The largest logit is computed once and serves both the stable log-sum-exp and the
+    accuracy metric: each is a full pass over the (tokens, vocab) logits, the largest
+    tensor of a training step.
+    """
+    logits = logits.astype(jnp.float32)
+    max_logit = jnp.max(logits, axis=-1)
+    shift = jax.lax.stop_gradient(max_logit)  # any shift gives the same log Z and gradient
+    log_z = jnp.log(jnp.sum(jnp.exp(logits - shift[..., None]), axis=-1)) + shift
+    # The target's logit as a masked sum rather than a gather: exact (the other terms are
+    # zeros), and its gradient is an elementwise select that fuses with the softmax gradient,
+    # where a gather's gradient is a scatter into a zero-filled (tokens, vocab) buffer.
+    vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    target_logit = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
+    return log_z, target_logit, max_logit
+
+
 def cross_entropy_with_z_loss(
     logits: jax.Array, targets: jax.Array, z_loss: float = 1e-4
 ) -> tuple[jax.Array, jax.Array]:
@@ -21,13 +40,7 @@ def cross_entropy_with_z_loss(
 
     Cross-entropy = log Z - logit[target], with log Z = logsumexp(logits).
     """
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    # The target's logit as a masked sum rather than a gather: exact (the other terms are
-    # zeros), and its gradient is an elementwise select that fuses with the softmax gradient,
-    # where a gather's gradient is a scatter into a zero-filled (tokens, vocab) buffer.
-    vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-    target_logit = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
+    log_z, target_logit, _ = _softmax_statistics(logits, targets)
     z_term = z_loss * jnp.square(log_z)
     return log_z - target_logit + z_term, z_term
 
@@ -75,14 +88,20 @@ def loss_and_metrics(
 
     Returns:
       (loss, metrics); metrics are sums over the batch (they add up across microbatches and
-      devices): cross_entropy, z_loss, correct, weight (number of real target tokens).
+      devices): cross_entropy, z_loss, correct (target tokens whose logit is the largest),
+      weight (number of real target tokens).
     """
     weights = weights.astype(jnp.float32)
     if token_weights is None:
         token_weights = weights
-    total, z_term = cross_entropy_with_z_loss(logits, targets, z_loss)
+    log_z, target_logit, max_logit = _softmax_statistics(logits, targets)
+    z_term = z_loss * jnp.square(log_z)
+    total = log_z - target_logit + z_term
     loss = jnp.sum(total * token_weights) / divisor
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    # Correct where the target holds the largest logit: argmax == target, except that a tie
+    # for the largest logit counts as correct (argmax takes the lowest id); this saves
+    # argmax's own pass over the logits.
+    correct = (target_logit >= max_logit).astype(jnp.float32)
     metrics = {
         "cross_entropy": jnp.sum((total - z_term) * weights),
         "z_loss": jnp.sum(z_term * weights),
