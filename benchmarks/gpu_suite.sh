@@ -20,9 +20,13 @@
 #               --override padding=features (padding as one extra q/k head feature: no mask, no
 #               lengths), the alternative to the default's sequence lengths
 #   small-bf16logits       --override logits_dtype=bfloat16 (t5x keeps float32 logits)
+#   small-fp32classifier   --override classifier_dtype=float32 (float32 classifier operands,
+#               TF32 on the GPU; the default multiplies bf16 into float32)
 #   small-notriton|base-notriton
 #               XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS for every matmul)
-#   profile     210 steps of base with --profile-steps 200:205 into $OUT/profile-run/profile
+#   profile-small|profile-base
+#               30 steps with --profile-steps 21:25; per-kernel time per step into
+#               $OUT/profile-<model>.txt (benchmarks/profile_summary.py) and the Perfetto trace
 #
 # Each part runs under `timeout` so that one slow compile cannot eat the whole call, and its
 # output is streamed to $OUT/<part>.log as it goes. Compilations are cached in
@@ -36,6 +40,7 @@ mkdir -p "$OUT"
 DATA=.gpu-data/span16k_u16.npz
 PY="${PYTHON:-python3}"
 STEPS="${STEPS:-300}"
+work_dir=$(mktemp -d)
 LIMIT="${LIMIT:-280}"  # seconds per training part
 
 train() {  # train PART MODEL [OVERRIDE]
@@ -72,7 +77,7 @@ EOF
       rm -rf "$work"
       ;;
     parity)
-      timeout 540 "$PY" -u tests/test_gpu.py >"$OUT/parity.log" 2>&1
+      timeout "${PARITY_LIMIT:-540}" "$PY" -u tests/test_gpu.py >"$OUT/parity.log" 2>&1
       echo "parity: exit $?"
       grep -E "^(ok|FAIL)|^jax" "$OUT/parity.log"
       ;;
@@ -91,15 +96,23 @@ EOF
     small-features) train small-features t5.1.1-small padding=features ;;
     base-features) train base-features t5.1.1-base padding=features ;;
     small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
+    small-fp32classifier) train small-fp32classifier t5.1.1-small classifier_dtype=float32 ;;
     small-notriton | base-notriton)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
         train "$part" "t5.1.1-${part%-notriton}"
       ;;
-    profile)
-      timeout "$LIMIT" "$PY" -u -m t5forge.cli train --model t5.1.1-base --data "$DATA" \
-        --steps 210 --batch-size 128 --output "$OUT/profile-run" --profile-steps 200:205 \
-        --checkpoint-every 0 --no-progress >"$OUT/profile.log" 2>&1
-      echo "profile: exit $?"
+    profile-small | profile-base)
+      # Steps 21..25 of 30 traced; the per-kernel summary (benchmarks/profile_summary.py) and
+      # the Perfetto trace itself come back in $OUT.
+      model="t5.1.1-${part#profile-}"
+      timeout "$LIMIT" "$PY" -u -m t5forge.cli train --model "$model" --data "$DATA" \
+        --steps 30 --batch-size 128 --output "$work_dir/$part" --profile-steps 21:25 \
+        --checkpoint-every 0 --no-progress --no-tensorboard >"$OUT/$part.log" 2>&1
+      echo "$part: exit $?"
+      "$PY" benchmarks/profile_summary.py "$work_dir/$part/profile" --steps 5 --top 40 \
+        --out "$OUT/$part.json" >"$OUT/$part.txt" && head -n 60 "$OUT/$part.txt"
+      cp "$(find "$work_dir/$part/profile" -name perfetto_trace.json.gz | head -n 1)" \
+        "$OUT/$part.perfetto_trace.json.gz"
       ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
