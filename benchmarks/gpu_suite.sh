@@ -24,6 +24,8 @@
 #               TF32 on the GPU; the default multiplies bf16 into float32)
 #   small-notriton|base-notriton
 #               XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS for every matmul)
+#   bias-cost   benchmarks/attention_bias_cost.py at base's and small's head counts: cuDNN
+#               attention with a learned, a constant and no position bias (~30 s)
 #   profile-small|profile-base
 #               30 steps with --profile-steps 21:25; per-kernel time per step into
 #               $OUT/profile-<model>.txt (benchmarks/profile_summary.py) and the Perfetto trace
@@ -97,6 +99,12 @@ EOF
     base-features) train base-features t5.1.1-base padding=features ;;
     small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
     small-fp32classifier) train small-fp32classifier t5.1.1-small classifier_dtype=float32 ;;
+    bias-cost)
+      for heads in 12 6; do
+        timeout 120 "$PY" -u benchmarks/attention_bias_cost.py --heads "$heads" \
+          --out "$OUT/bias-cost-$heads-heads.json"
+      done
+      ;;
     small-notriton | base-notriton)
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
         train "$part" "t5.1.1-${part%-notriton}"
