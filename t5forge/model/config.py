@@ -52,7 +52,7 @@ class T5Config:
     # loss are in `logits_dtype` (fp32 in t5x). The classifier multiplies in
     # `classifier_dtype` (None: `dtype`) and accumulates in `logits_dtype`: bf16 operands
     # with fp32 accumulation is what t5x's fp32 classifier does on a TPU at default precision;
-    # "float32" gives fp32 operands (TF32 on a GPU), about 2.5x slower there.
+    # "float32" gives fp32 operands (TF32 on a GPU: t5.1.1-small trains 4.4% slower on an H100).
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     logits_dtype: str = "float32"

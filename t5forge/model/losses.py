@@ -14,12 +14,14 @@ import jax.numpy as jnp
 NORMALIZATIONS = ("sum", "num_real_target_tokens", "num_total_target_tokens", "per_sequence")
 
 
-def _softmax_statistics(logits: jax.Array, targets: jax.Array):
-    """(log Z, the target's logit, the largest logit) per position, all float32.
+def _cross_entropy_terms(logits: jax.Array, targets: jax.Array, z_loss: float):
+    """Per position: (cross-entropy + z-loss, z-loss, whether the target's logit is the
+    largest), float32, float32, bool.
 
     The largest logit is computed once and serves both the stable log-sum-exp and the
-    accuracy metric: each is a full pass over the (tokens, vocab) logits, the largest
-    tensor of a training step.
+    accuracy: each is a full pass over the (tokens, vocab) logits, the largest tensor of a
+    training step. A tie for the largest logit counts as correct (argmax would take the
+    lowest id).
     """
     logits = logits.astype(jnp.float32)
     max_logit = jnp.max(logits, axis=-1)
@@ -30,7 +32,8 @@ def _softmax_statistics(logits: jax.Array, targets: jax.Array):
     # where a gather's gradient is a scatter into a zero-filled (tokens, vocab) buffer.
     vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     target_logit = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
-    return log_z, target_logit, max_logit
+    z_term = z_loss * jnp.square(log_z)
+    return log_z - target_logit + z_term, z_term, target_logit >= max_logit
 
 
 def cross_entropy_with_z_loss(
@@ -40,9 +43,8 @@ def cross_entropy_with_z_loss(
 
     Cross-entropy = log Z - logit[target], with log Z = logsumexp(logits).
     """
-    log_z, target_logit, _ = _softmax_statistics(logits, targets)
-    z_term = z_loss * jnp.square(log_z)
-    return log_z - target_logit + z_term, z_term
+    total, z_term, _ = _cross_entropy_terms(logits, targets, z_loss)
+    return total, z_term
 
 
 def loss_weights(weights: jax.Array, normalization: str) -> tuple[jax.Array, jax.Array]:
@@ -94,14 +96,9 @@ def loss_and_metrics(
     weights = weights.astype(jnp.float32)
     if token_weights is None:
         token_weights = weights
-    log_z, target_logit, max_logit = _softmax_statistics(logits, targets)
-    z_term = z_loss * jnp.square(log_z)
-    total = log_z - target_logit + z_term
+    total, z_term, correct = _cross_entropy_terms(logits, targets, z_loss)
     loss = jnp.sum(total * token_weights) / divisor
-    # Correct where the target holds the largest logit: argmax == target, except that a tie
-    # for the largest logit counts as correct (argmax takes the lowest id); this saves
-    # argmax's own pass over the logits.
-    correct = (target_logit >= max_logit).astype(jnp.float32)
+    correct = correct.astype(jnp.float32)
     metrics = {
         "cross_entropy": jnp.sum((total - z_term) * weights),
         "z_loss": jnp.sum(z_term * weights),
