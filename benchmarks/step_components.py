@@ -6,7 +6,8 @@ one run on an accelerator shows which part is far from its FLOP or bandwidth bou
 - one encoder layer (attention + MLP) per attention path (cuDNN, XLA) and padding mode (boolean
   mask, sequence lengths, extra head features);
 - one decoder layer per padding mode of its cross-attention;
-- classifier + cross-entropy (+ z-loss) with float32 or bfloat16 logits;
+- classifier + cross-entropy (+ z-loss): bf16 operands into float32 logits (the default),
+  float32 operands, and bf16 logits;
 - the token-embedding lookup and its gradient;
 - one optimizer update (Adafactor or scaled AdamW) over the model's full parameter tree.
 
@@ -29,7 +30,7 @@ import numpy as np
 from flax import linen as nn
 
 from t5forge.model.config import get_config
-from t5forge.model.layers import PaddingFeatures, PaddingLengths
+from t5forge.model.layers import PaddingFeatures, PaddingLengths, mixed_dot
 from t5forge.model.losses import loss_and_metrics
 from t5forge.model.network import DecoderLayer, EncoderLayer, Transformer, attention_mask
 from t5forge.model.optim import OptimizerConfig, make_optimizer
@@ -134,17 +135,22 @@ def run(args) -> list[dict]:
     kernel = jnp.asarray(rng.normal(size=(cfg.d_model, cfg.vocab_size)) * 0.02, jnp.float32)
     targets = jnp.asarray(rng.integers(2, cfg.vocab_size, (b, lt)), jnp.int32)
     weights = jnp.ones((b, lt), jnp.float32)
-    for logits_dtype in ("float32", "bfloat16"):
+    # (operands, logits): the default, classifier_dtype=float32, logits_dtype=bfloat16.
+    for operand_dtype, logits_dtype in (
+        ("bfloat16", "float32"),
+        ("float32", "float32"),
+        ("bfloat16", "bfloat16"),
+    ):
 
-        def head_loss(kernel, x, logits_dtype=logits_dtype):
-            logits = jnp.dot(x.astype(logits_dtype), kernel.astype(logits_dtype))
+        def head_loss(kernel, x, operand_dtype=operand_dtype, logits_dtype=logits_dtype):
+            logits = mixed_dot(x, kernel, operand_dtype, logits_dtype)
             loss, _ = loss_and_metrics(logits, targets, weights)
             return loss
 
         fn = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
         flops = 3 * 2 * b * lt * cfg.d_model * cfg.vocab_size
         record(
-            f"classifier + cross-entropy ({logits_dtype} logits)",
+            f"classifier ({operand_dtype} operands) + cross-entropy ({logits_dtype} logits)",
             _time(fn, kernel, x_dec, repeats=args.repeats),
             flops,
         )
