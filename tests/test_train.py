@@ -105,14 +105,18 @@ def test_loss_falls_on_real_span_corruption(tmp_path, span_arrays):
     assert 0.05 < summary["eval"]["accuracy"] < 1.0
 
 
-def test_resume_after_interruption_reproduces_losses(tmp_path, span_arrays):
+@pytest.mark.parametrize("group_updates", [False, True])
+def test_resume_after_interruption_reproduces_losses(tmp_path, span_arrays, group_updates):
     from t5forge.model.data import ArrayBatches
+    from t5forge.model.optim import OptimizerConfig
     from t5forge.model.trainer import train
 
     arrays, _ = span_arrays
     overrides = {"vocab_size": VOCAB, "dtype": "float32", "dropout_rate": 0.1}
+    optimizer = OptimizerConfig(name="adafactor", group_updates=group_updates)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    train(_config(straight, model_overrides=overrides), ArrayBatches(arrays, 8), log=lambda s: 0)
+    config = _config(straight, model_overrides=overrides, optimizer=optimizer)
+    train(config, ArrayBatches(arrays, 8), log=lambda s: 0)
 
     def interrupt(step, metrics):
         if step == 7:
@@ -120,7 +124,7 @@ def test_resume_after_interruption_reproduces_losses(tmp_path, span_arrays):
 
     with pytest.raises(KeyboardInterrupt):
         train(
-            _config(broken, model_overrides=overrides),
+            _config(broken, model_overrides=overrides, optimizer=optimizer),
             ArrayBatches(arrays, 8),
             on_step=interrupt,
             log=lambda s: 0,
@@ -128,7 +132,7 @@ def test_resume_after_interruption_reproduces_losses(tmp_path, span_arrays):
     assert max(_train_rows(broken)) == 7
     messages = []
     train(
-        _config(broken, model_overrides=overrides, resume=True),
+        _config(broken, model_overrides=overrides, optimizer=optimizer, resume=True),
         ArrayBatches(arrays, 8),
         log=messages.append,
     )
@@ -138,6 +142,54 @@ def test_resume_after_interruption_reproduces_losses(tmp_path, span_arrays):
     for step in range(5, 13):
         assert b[step]["cross_entropy"] == a[step]["cross_entropy"], step
         assert b[step]["grad_norm"] == a[step]["grad_norm"], step
+
+
+@pytest.mark.parametrize("name", ["adafactor", "adamw-scaled"])
+def test_grouped_updates_are_the_per_parameter_updates(name):
+    """--group-updates stacks same-named parameters across layers and vmaps the optimizer:
+    the same parameters after three steps (Adafactor bit for bit), far fewer state arrays."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import linen as nn
+
+    from t5forge.model.config import get_config
+    from t5forge.model.network import Transformer
+    from t5forge.model.optim import OptimizerConfig, make_optimizer
+
+    model = Transformer(get_config("t5.1.1-tiny", vocab_size=VOCAB))
+    ids = jnp.ones((1, 8), jnp.int32)
+    params = nn.meta.unbox(model.init(jax.random.key(0), ids, ids))["params"]
+    results = []
+    for grouped in (False, True):
+        optimizer, _ = make_optimizer(
+            OptimizerConfig(name=name, group_updates=grouped, weight_decay=0.01)
+        )
+        state, current = optimizer.init(params), params
+        rng = np.random.default_rng(0)
+
+        @jax.jit
+        def step(current, state, grads, optimizer=optimizer):
+            updates, state = optimizer.update(grads, state, current)
+            return optax.apply_updates(current, updates), state
+
+        for _ in range(3):
+            shapes = jax.tree.leaves(current)
+            noise = [jnp.asarray(rng.normal(size=p.shape), p.dtype) for p in shapes]
+            grads = jax.tree.unflatten(jax.tree.structure(current), noise)
+            current, state = step(current, state, grads)
+        results.append((current, state))
+    (plain, plain_state), (grouped, grouped_state) = results
+    tolerance = 0.0 if name == "adafactor" else 1e-6
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(grouped), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=tolerance, atol=tolerance)
+    n_params = len(jax.tree.leaves(params))
+    groups = grouped_state[-1]
+    assert isinstance(groups, dict) and len(groups) < n_params // 2
+    assert "encoder.layers_0.attention.query.kernel" in groups or any(
+        key.endswith("query.kernel") for key in groups
+    )
+    assert len(jax.tree.leaves(grouped_state)) < len(jax.tree.leaves(plain_state))
 
 
 def test_gradient_accumulation_equals_whole_batch(tmp_path, span_arrays):
@@ -299,7 +351,7 @@ SHARDED_SCRIPT = textwrap.dedent(
         output=sys.argv[2], model="t5.1.1-tiny", steps=5, batch_size=8, log_every=1,
         checkpoint_every=0, progress=False, mesh=sys.argv[3] or None,
         model_overrides={"vocab_size": VOCAB_SIZE, "dtype": "float32"},
-        optimizer=OptimizerConfig(name="adafactor"),
+        optimizer=OptimizerConfig(name="adafactor", group_updates=sys.argv[4] == "grouped"),
     )
     summary = train(config, ArrayBatches(data, 8), log=lambda s: None)
     rows = [m for m in read_metrics(sys.argv[2]) if m["split"] == "train"]
@@ -309,13 +361,13 @@ SHARDED_SCRIPT = textwrap.dedent(
 ).replace("VOCAB_SIZE", str(VOCAB))
 
 
-def _run_sharded(tmp_path, data_file, name, mesh, devices):
+def _run_sharded(tmp_path, data_file, name, mesh, devices, optimizer=""):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_SCRIPT)
     proc = subprocess.run(
-        [sys.executable, str(script), str(data_file), str(tmp_path / name), mesh],
+        [sys.executable, str(script), str(data_file), str(tmp_path / name), mesh, optimizer],
         capture_output=True,
         text=True,
         env=env,
@@ -336,6 +388,9 @@ def test_sharded_training_on_8_devices_matches_one_device(tmp_path, span_arrays)
     assert len(single["losses"]) == len(sharded["losses"]) == 5
     np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=2e-4)
     assert single["losses"][-1] < single["losses"][0]
+    # --group-updates: the stacked optimizer state takes its parameters' shardings
+    grouped = _run_sharded(tmp_path, data_file, "grouped", "data=2,fsdp=2,tensor=2", 8, "grouped")
+    np.testing.assert_allclose(grouped["losses"], single["losses"], rtol=2e-4)
 
 
 def test_cli_train_plot_resume_and_export_hf(tmp_path, span_arrays, capsys):

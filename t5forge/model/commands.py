@@ -142,6 +142,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--warmup-steps", type=int, default=10_000)
     opt.add_argument("--weight-decay", type=float, default=0.0)
     opt.add_argument("--grad-clip", type=float, help="global-norm clipping (0: off)")
+    opt.add_argument(
+        "--group-updates",
+        action="store_true",
+        help="compute the optimizer's per-parameter updates once per group of layers (the "
+        "same arithmetic in far fewer GPU kernels; checkpoints keep this layout)",
+    )
     opt.add_argument("--z-loss", type=float, default=1e-4)
     opt.add_argument(
         "--loss-normalization",
@@ -303,6 +309,7 @@ def train_config_from_args(args):
             total_steps=args.steps,
             weight_decay=args.weight_decay,
             grad_clip=args.grad_clip,
+            group_updates=args.group_updates,
         ),
         z_loss=args.z_loss,
         loss_normalization=args.loss_normalization,

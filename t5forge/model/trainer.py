@@ -34,7 +34,7 @@ from t5forge.model import sharding
 from t5forge.model.config import T5Config, get_config, train_flops
 from t5forge.model.losses import NORMALIZATIONS, loss_and_metrics, loss_weights
 from t5forge.model.network import Transformer, config_attention_impl, resolve_padding
-from t5forge.model.optim import OptimizerConfig, make_optimizer
+from t5forge.model.optim import OptimizerConfig, grouped_state_parameter, make_optimizer
 
 # Dense bf16 peak FLOP/s by device kind, for MFU (spec sheets; SXM parts).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12, "L4": 121e12}
@@ -288,6 +288,13 @@ def _opt_state_shardings(opt_state_shapes, param_shardings, mesh):
             if candidate is not None:
                 shape_ok = _sharded_shape_ok(candidate, leaf.shape)
                 return candidate if shape_ok else replicated
+        if key and leaf.ndim:
+            # --group-updates: a group's state is stacked along a new leading axis and
+            # named after the group's first parameter; it shares that parameter's sharding.
+            candidate = by_path.get(grouped_state_parameter(key[-1]))
+            if candidate is not None and _sharded_shape_ok(candidate, leaf.shape[1:]):
+                spec = jax.sharding.PartitionSpec(None, *candidate.spec)
+                return jax.sharding.NamedSharding(mesh, spec)
         return replicated
 
     return jax.tree_util.tree_map_with_path(choose, opt_state_shapes)
