@@ -20,6 +20,8 @@
 #               --override padding=features (padding as one extra q/k head feature: no mask, no
 #               lengths), the alternative to the default's sequence lengths
 #   small-bf16logits       --override logits_dtype=bfloat16 (t5x keeps float32 logits)
+#   small-grouped|base-grouped
+#               --group-updates: the optimizer's updates computed per group of layers
 #   small-fp32classifier   --override classifier_dtype=float32 (float32 classifier operands,
 #               TF32 on the GPU; the default multiplies bf16 into float32)
 #   small-notriton|base-notriton
@@ -45,10 +47,11 @@ STEPS="${STEPS:-300}"
 work_dir=$(mktemp -d)
 LIMIT="${LIMIT:-280}"  # seconds per training part
 
-train() {  # train PART MODEL [OVERRIDE]
-  local part=$1 model=$2 override=${3:-}
+train() {  # train PART MODEL [OVERRIDE] [FLAG]
+  local part=$1 model=$2 override=${3:-} flag=${4:-}
   local extra=()
   [ -n "$override" ] && extra=(--override "$override")
+  [ -n "$flag" ] && extra+=("$flag")
   timeout "$LIMIT" "$PY" -u benchmarks/train_throughput.py --one "$model" "${extra[@]}" \
     --data "$DATA" --steps "$STEPS" --log-every 50 >"$OUT/$part.json" 2>"$OUT/$part.log"
   echo "$part: exit $? $(tail -c 600 "$OUT/$part.json")"
@@ -99,6 +102,8 @@ EOF
     base-features) train base-features t5.1.1-base padding=features ;;
     small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
     small-fp32classifier) train small-fp32classifier t5.1.1-small classifier_dtype=float32 ;;
+    small-grouped) train small-grouped t5.1.1-small "" --group-updates ;;
+    base-grouped) train base-grouped t5.1.1-base "" --group-updates ;;
     bias-cost)
       for heads in 12 6; do
         timeout 120 "$PY" -u benchmarks/attention_bias_cost.py --heads "$heads" \

@@ -9,7 +9,8 @@ one run on an accelerator shows which part is far from its FLOP or bandwidth bou
 - classifier + cross-entropy (+ z-loss): bf16 operands into float32 logits (the default),
   float32 operands, and bf16 logits;
 - the token-embedding lookup and its gradient;
-- one optimizer update (Adafactor or scaled AdamW) over the model's full parameter tree.
+- one optimizer update (Adafactor or scaled AdamW) over the model's full parameter tree, per
+  parameter and with `--group-updates` (per group of layers).
 
     python benchmarks/step_components.py --model t5.1.1-small --batch-size 128 --out parts.json
 
@@ -20,6 +21,7 @@ where the FLOPs are well defined. On CPU use small shapes (--batch-size 2) to ch
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -174,8 +176,8 @@ def run(args) -> list[dict]:
     params = jax.tree.map(
         lambda s: jnp.full(s.shape, 0.01, s.dtype), nn.meta.unbox(shapes["params"])
     )
-    for name in ("adafactor", "adamw-scaled"):
-        optimizer, _ = make_optimizer(OptimizerConfig(name=name))
+    for name, grouped in itertools.product(("adafactor", "adamw-scaled"), (False, True)):
+        optimizer, _ = make_optimizer(OptimizerConfig(name=name, group_updates=grouped))
         state = optimizer.init(params)
 
         @jax.jit
@@ -184,7 +186,7 @@ def run(args) -> list[dict]:
             return jax.tree.map(jnp.add, params, updates), state
 
         record(
-            f"optimizer update ({name})",
+            f"optimizer update ({name}{', grouped' if grouped else ''})",
             _time(update, params, state, params, repeats=args.repeats),
             parameters=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
         )

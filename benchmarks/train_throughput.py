@@ -48,7 +48,9 @@ def run_one(args) -> dict:
         model_overrides=overrides,
         steps=args.steps,
         batch_size=args.batch_size,
-        optimizer=OptimizerConfig(name=args.optimizer, schedule=args.schedule),
+        optimizer=OptimizerConfig(
+            name=args.optimizer, schedule=args.schedule, group_updates=args.group_updates
+        ),
         log_every=args.log_every,
         eval_every=args.steps,
         eval_batches=held // args.batch_size,
@@ -93,6 +95,7 @@ def run_one(args) -> dict:
         "padding": summary["padding"],
         "parameters": summary["parameters"],
         "optimizer": args.optimizer,
+        "group_updates": args.group_updates,
     }
     ref = REFERENCE_TOKENS_PER_SECOND.get(args.one)
     if ref and not overrides:
@@ -110,6 +113,9 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=512)
     parser.add_argument("--optimizer", default="adafactor")
     parser.add_argument("--schedule", default="rsqrt")
+    parser.add_argument(
+        "--group-updates", action="store_true", help="the optimizer's updates per layer group"
+    )
     parser.add_argument(
         "--variant",
         action="append",
