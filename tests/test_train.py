@@ -616,6 +616,22 @@ def test_import_hf_prints_a_train_command_that_continues_the_checkpoint(tmp_path
     assert "--model t5-efficient-tiny" in capsys.readouterr().err
 
 
+def test_resume_with_another_optimizer_layout_is_a_clear_error(tmp_path, span_arrays, capsys):
+    arrays, _ = span_arrays
+    data = tmp_path / "span.npz"
+    np.savez(data, **{k: v[:16] for k, v in arrays.items()})
+    args = [
+        "train", "--data", str(data), "--model", "t5.1.1-tiny", "--override",
+        f"vocab_size={VOCAB}", "--batch-size", "4", "--checkpoint-every", "2",
+        "--no-progress", "--no-tensorboard", "--output", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert cli(args + ["--steps", "2"]) == 0
+    capsys.readouterr()
+    assert cli(args + ["--steps", "4", "--resume", "--group-updates"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--group-updates" in err and "checkpoints/2" in err
+
+
 def test_profile_steps_write_a_jax_profiler_trace(tmp_path, span_arrays, capsys):
     arrays, _ = span_arrays
     data = tmp_path / "span.npz"

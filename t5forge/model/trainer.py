@@ -353,12 +353,21 @@ class Checkpoints:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
             _state_tree(target),
         )
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except ValueError as e:
+            if "tree structures do not match" not in str(e):
+                raise
+            raise ValueError(
+                f"--resume: the checkpoint {self.directory}/{step} holds a train state of another "
+                "layout (a different --optimizer, --group-updates or model than this run; "
+                "run.json in the output directory describes the run that wrote it)"
+            ) from None
         tree = restored["state"]
         state = TrainState(
             step=tree["step"],
