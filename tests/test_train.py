@@ -616,15 +616,21 @@ def test_import_hf_prints_a_train_command_that_continues_the_checkpoint(tmp_path
     assert "--model t5-efficient-tiny" in capsys.readouterr().err
 
 
-def test_resume_with_another_optimizer_layout_is_a_clear_error(tmp_path, span_arrays, capsys):
-    arrays, _ = span_arrays
+def _tiny_train_args(tmp_path, arrays, rows: int, *options: str) -> list[str]:
+    """`t5forge train` of t5.1.1-tiny on the first `rows` examples, into tmp_path/run."""
     data = tmp_path / "span.npz"
-    np.savez(data, **{k: v[:16] for k, v in arrays.items()})
-    args = [
+    np.savez(data, **{k: v[:rows] for k, v in arrays.items()})
+    return [
         "train", "--data", str(data), "--model", "t5.1.1-tiny", "--override",
-        f"vocab_size={VOCAB}", "--batch-size", "4", "--checkpoint-every", "2",
-        "--no-progress", "--no-tensorboard", "--output", str(tmp_path / "run"),
+        f"vocab_size={VOCAB}", "--no-progress", "--output", str(tmp_path / "run"), *options,
     ]  # fmt: skip
+
+
+def test_resume_with_another_optimizer_layout_is_a_clear_error(tmp_path, span_arrays, capsys):
+    args = _tiny_train_args(
+        tmp_path, span_arrays[0], 16, "--batch-size", "4", "--checkpoint-every", "2",
+        "--no-tensorboard",
+    )  # fmt: skip
     assert cli(args + ["--steps", "2"]) == 0
     capsys.readouterr()
     assert cli(args + ["--steps", "4", "--resume", "--group-updates"]) == 2
@@ -633,14 +639,9 @@ def test_resume_with_another_optimizer_layout_is_a_clear_error(tmp_path, span_ar
 
 
 def test_profile_steps_write_a_jax_profiler_trace(tmp_path, span_arrays, capsys):
-    arrays, _ = span_arrays
-    data = tmp_path / "span.npz"
-    np.savez(data, **{k: v[:32] for k, v in arrays.items()})
-    args = [
-        "train", "--data", str(data), "--model", "t5.1.1-tiny", "--override",
-        f"vocab_size={VOCAB}", "--steps", "4", "--batch-size", "8", "--checkpoint-every", "0",
-        "--no-progress", "--output", str(tmp_path / "run"),
-    ]  # fmt: skip
+    args = _tiny_train_args(
+        tmp_path, span_arrays[0], 32, "--steps", "4", "--batch-size", "8", "--checkpoint-every", "0"
+    )
     assert cli(args + ["--profile-steps", "2:3"]) == 0
     written = [name for _, _, files in os.walk(tmp_path / "run" / "profile") for name in files]
     assert any(name.endswith(".xplane.pb") for name in written)
