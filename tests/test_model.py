@@ -670,20 +670,12 @@ def _all_eqns(eqn):
 def classifier_dtypes(cfg, params, enc, dec):
     """(lhs, rhs, out) dtypes of every matmul that produces vocabulary-sized outputs."""
     closed = jax.make_jaxpr(Transformer(cfg).apply)({"params": params}, enc, dec)
-    found = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.shape[-1] == VOCAB:
-                found.append(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
-            for value in eqn.params.values():
-                for sub in value if isinstance(value, tuple | list) else (value,):
-                    inner = getattr(sub, "jaxpr", sub)
-                    if hasattr(inner, "eqns"):
-                        walk(inner)
-
-    walk(closed.jaxpr)
-    return found
+    return [
+        tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars))
+        for top in closed.jaxpr.eqns
+        for eqn in _all_eqns(top)
+        if eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.shape[-1] == VOCAB
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

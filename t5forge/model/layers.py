@@ -79,31 +79,31 @@ def mixed_dot(x: jax.Array, kernel: jax.Array, compute_dtype, out_dtype) -> jax.
     if jnp.finfo(out_dtype).bits <= jnp.finfo(compute_dtype).bits:
         y = jnp.dot(x.astype(compute_dtype), kernel.astype(compute_dtype))
         return y.astype(out_dtype)
-    return _mixed_dot(x, kernel, compute_dtype, out_dtype)
+    return _mixed_dot(x, kernel, (compute_dtype, out_dtype, x.dtype, kernel.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _mixed_dot(x, kernel, compute_dtype, out_dtype):
-    return _mixed_dot_fwd(x, kernel, compute_dtype, out_dtype)[0]
+# dtypes = (compute, out, x's, kernel's): static, so the backward pass knows what to return.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_dot(x, kernel, dtypes):
+    return _mixed_dot_fwd(x, kernel, dtypes)[0]
 
 
-def _mixed_dot_fwd(x, kernel, compute_dtype, out_dtype):
-    x_c, kernel_c = x.astype(compute_dtype), kernel.astype(compute_dtype)
-    y = jnp.dot(x_c, kernel_c, preferred_element_type=out_dtype)
-    # Zero-size arrays carry the input dtypes to the backward pass.
-    dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
-    return y, (x_c, kernel_c, dtypes)
+def _mixed_dot_fwd(x, kernel, dtypes):
+    compute, out = dtypes[:2]
+    x_c, kernel_c = x.astype(compute), kernel.astype(compute)
+    return jnp.dot(x_c, kernel_c, preferred_element_type=out), (x_c, kernel_c)
 
 
-def _mixed_dot_bwd(compute_dtype, out_dtype, residuals, grad):
-    x_c, kernel_c, (x_dtype, kernel_dtype) = residuals
-    grad_c = grad.astype(compute_dtype)
-    grad_x = jnp.dot(grad_c, kernel_c.T, preferred_element_type=out_dtype)
+def _mixed_dot_bwd(dtypes, residuals, grad):
+    compute, out, x_dtype, kernel_dtype = dtypes
+    x_c, kernel_c = residuals
+    grad_c = grad.astype(compute)
+    grad_x = jnp.dot(grad_c, kernel_c.T, preferred_element_type=out)
     batch_axes = tuple(range(x_c.ndim - 1))
     grad_kernel = jnp.tensordot(
-        x_c, grad_c, axes=(batch_axes, batch_axes), preferred_element_type=out_dtype
+        x_c, grad_c, axes=(batch_axes, batch_axes), preferred_element_type=out
     )
-    return grad_x.astype(x_dtype.dtype), grad_kernel.astype(kernel_dtype.dtype)
+    return grad_x.astype(x_dtype), grad_kernel.astype(kernel_dtype)
 
 
 _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
