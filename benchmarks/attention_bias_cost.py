@@ -13,6 +13,7 @@ could save at most.
 
     python benchmarks/attention_bias_cost.py --impl cudnn --out bias_cost.json
     python benchmarks/attention_bias_cost.py --impl xla --batch 2 --length 64   # CPU check
+    python benchmarks/attention_bias_cost.py --impl pallas [--block-q 128 --num-warps 8]
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def timed(fn, args, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impl", default="cudnn", choices=("cudnn", "xla"))
+    parser.add_argument("--impl", default="cudnn", choices=("cudnn", "xla", "pallas"))
+    parser.add_argument("--block-q", type=int, default=64, help="pallas tiles")
+    parser.add_argument("--block-k", type=int, default=64)
+    parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--num-stages", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--heads", type=int, default=12)
@@ -61,6 +66,21 @@ def main() -> None:
     lengths = jnp.asarray(rng.integers(n * 9 // 10, n + 1, size=b), jnp.int32)
 
     def attention(q, k, v, bias):
+        if args.impl == "pallas":
+            from t5forge.model.flash_t5 import t5_attention
+
+            return t5_attention(
+                q,
+                k,
+                v,
+                bias,
+                lengths,
+                block_q=args.block_q,
+                block_k=args.block_k,
+                num_warps=args.num_warps,
+                num_stages=args.num_stages,
+                interpret=jax.default_backend() != "gpu",
+            )
         return jax.nn.dot_product_attention(
             q,
             k,

@@ -20,6 +20,9 @@
 #               --override padding=features (padding as one extra q/k head feature: no mask, no
 #               lengths), the alternative to the default's sequence lengths
 #   small-bf16logits       --override logits_dtype=bfloat16 (t5x keeps float32 logits)
+#   pallas      (branch wip/t5-flash-attention) tests/test_flash_t5.py on the GPU, then
+#               attention_bias_cost.py --impl pallas for four tile choices
+#   small-pallas|base-pallas   --override attention_impl=pallas
 #   small-grouped|base-grouped
 #               --group-updates: the optimizer's updates computed per group of layers
 #   small-fp32classifier   --override classifier_dtype=float32 (float32 classifier operands,
@@ -102,6 +105,21 @@ EOF
     base-features) train base-features t5.1.1-base padding=features ;;
     small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
     small-fp32classifier) train small-fp32classifier t5.1.1-small classifier_dtype=float32 ;;
+    pallas)
+      # flash_t5 (work in progress): correctness on the GPU, then tile choices against cuDNN.
+      timeout 300 "$PY" -m pytest -q -x --noconftest tests/test_flash_t5.py \
+        >"$OUT/pallas-test.log" 2>&1
+      echo "pallas tests: exit $?"
+      tail -n 20 "$OUT/pallas-test.log"
+      for tiles in "64 64 4 2" "128 64 8 2" "64 128 4 3" "128 128 8 2"; do
+        read -r bq bk warps stages <<<"$tiles"
+        timeout 100 "$PY" -u benchmarks/attention_bias_cost.py --impl pallas --block-q "$bq" \
+          --block-k "$bk" --num-warps "$warps" --num-stages "$stages" \
+          --out "$OUT/pallas-$bq-$bk-$warps-$stages.json"
+      done
+      ;;
+    small-pallas) train small-pallas t5.1.1-small attention_impl=pallas ;;
+    base-pallas) train base-pallas t5.1.1-base attention_impl=pallas ;;
     small-grouped) train small-grouped t5.1.1-small "" --group-updates ;;
     base-grouped) train base-grouped t5.1.1-base "" --group-updates ;;
     bias-cost)

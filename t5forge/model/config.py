@@ -59,6 +59,7 @@ class T5Config:
     classifier_dtype: str | None = None
     # "auto": cuDNN fused attention on GPU with bf16/fp16, XLA's fused path otherwise, and
     # the plain einsum path where neither applies (talking heads, attention dropout).
+    # "pallas": flash_t5's kernels (work in progress; interpret mode off the GPU).
     attention_impl: str = "auto"
     float32_attention_logits: bool = False
     # How an unpacked batch's padding reaches the attention kernels: "mask" (a boolean mask,
@@ -84,8 +85,10 @@ class T5Config:
                 raise ValueError(
                     f"{self.name}: {field} has {len(values)} entries for {depth} layers"
                 )
-        if self.attention_impl not in ("auto", "cudnn", "xla", "plain"):
-            raise ValueError(f"{self.name}: attention_impl must be auto, cudnn, xla or plain")
+        if self.attention_impl not in ("auto", "cudnn", "xla", "plain", "pallas"):
+            raise ValueError(
+                f"{self.name}: attention_impl must be auto, cudnn, xla, plain or pallas"
+            )
         if self.padding not in PADDING_MODES:
             raise ValueError(f"{self.name}: padding must be one of {PADDING_MODES}")
         if self.remat not in ("none", "full", "dots"):

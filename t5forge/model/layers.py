@@ -492,6 +492,8 @@ class MultiHeadAttention(nn.Module):
             else:
                 q, k, v = add_padding_features(q, k, v, mask)
                 mask = None
+        if impl == "pallas" and mask is not None:
+            impl = "cudnn" if jax.default_backend() == "gpu" else "xla"  # segment masks
         if impl == "cudnn" and not cudnn_keeps_bias_gradient(
             None if bias is None else bias.shape, None if mask is None else mask.shape
         ):
@@ -513,6 +515,18 @@ class MultiHeadAttention(nn.Module):
                 dropout=nn.Dropout(self.dropout_rate, broadcast_dims=(2,)) if use_dropout else None,
                 deterministic=self.deterministic,
                 **mixes,
+            )
+        elif impl == "pallas":
+            from t5forge.model.flash_t5 import t5_attention
+
+            out = t5_attention(
+                q,
+                k,
+                v,
+                bias,
+                None if lengths is None else lengths.key_value,
+                causal=is_causal,
+                interpret=jax.default_backend() != "gpu",
             )
         else:
             out = jax.nn.dot_product_attention(

@@ -63,7 +63,7 @@ def resolve_padding(config: T5Config) -> str:
     """
     if config.padding != "auto":
         return config.padding
-    return "lengths" if config_attention_impl(config) == "cudnn" else "mask"
+    return "lengths" if config_attention_impl(config) in ("cudnn", "pallas") else "mask"
 
 
 def _remat(module_cls, policy: str):

@@ -1,0 +1,297 @@
+"""Flash attention with T5's shared relative-position bias, as Pallas kernels.
+
+WORK IN PROGRESS (branch wip/t5-flash-attention): checked against plain attention in Pallas's
+interpret mode on CPU only; not yet lowered or timed on a GPU.
+
+Why: cuDNN's fused attention takes T5's bias as a (1, heads, q, k) tensor and then runs a path
+1.8x slower than without a bias (benchmarks/attention_bias_cost.py: 3.46 ms against 1.92 ms
+forward + backward per t5.1.1-base encoder layer on an H100), whether or not the bias gets a
+gradient. These kernels are FlashAttention-2 (online softmax forward; backward split into a
+dK/dV kernel over key blocks and a dQ kernel over query blocks) with the bias tile added to the
+scores and padding given as per-example key lengths; the dQ kernel also writes dS, whose sum
+over the batch is the bias gradient.
+
+Layout as `jax.nn.dot_product_attention`: q (batch, q_len, heads, d), k and v (batch, k_len,
+heads, d); no 1/sqrt(d) scaling (T5 folds it into the query initialisation).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+_MASKED = -1e30
+
+
+def t5_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None = None,
+    kv_lengths: jax.Array | None = None,
+    *,
+    causal: bool = False,
+    block_q: int = 64,
+    block_k: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    interpret: bool = False,
+) -> jax.Array:
+    """softmax(q k^T + bias, keys >= kv_lengths masked, causal) v per head.
+
+    bias: (1, heads, q_len, k_len) shared by the batch, or None. kv_lengths: (batch,) int32
+    (keys at positions >= length are padding; at least 1), or None for all keys.
+    """
+    batch, q_len, heads, _ = q.shape
+    k_len = k.shape[1]
+    if kv_lengths is None:
+        kv_lengths = jnp.full((batch,), k_len, jnp.int32)
+    # Tiles are powers of two; other lengths (T5's 114 targets) are padded up to a whole
+    # number of tiles. Padding keys lie beyond kv_lengths; padding queries are sliced off.
+    q_pad, k_pad = -q_len % block_q, -k_len % block_k
+    if q_pad or k_pad:
+        q = jnp.pad(q, ((0, 0), (0, q_pad), (0, 0), (0, 0)))
+        k = jnp.pad(k, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
+        if bias is not None:
+            bias = jnp.pad(bias, ((0, 0), (0, 0), (0, q_pad), (0, k_pad)))
+    has_bias = bias is not None
+    if bias is None:
+        bias = jnp.zeros((1, heads, block_q, block_k), q.dtype)  # never read
+    options = (causal, has_bias, block_q, block_k, interpret, num_warps, num_stages)
+    out = _attention(q, k, v, bias, kv_lengths.astype(jnp.int32), options)
+    return out[:, :q_len]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(q, k, v, bias, lengths, options):
+    return _forward(q, k, v, bias, lengths, options)[0]
+
+
+def _keep(q_pos, k_pos, length, causal):
+    keep = k_pos[None, :] < length
+    if causal:
+        keep = keep & (k_pos[None, :] <= q_pos[:, None])
+    return keep
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, o_ref, lse_ref, *, options):
+    causal, has_bias, block_q, block_k = options[:4]
+    qi = pl.program_id(2)
+    q = q_ref[...]
+    length = len_ref[0]
+    q_pos = qi * block_q + jnp.arange(block_q)
+
+    def body(kb, carry):
+        acc, m, l_sum = carry
+        keys = pl.ds(kb * block_k, block_k)
+        s = jnp.dot(q, k_ref[keys, :].T, preferred_element_type=jnp.float32)
+        if has_bias:
+            s = s + bias_ref[:, keys].astype(jnp.float32)
+        s = jnp.where(_keep(q_pos, kb * block_k + jnp.arange(block_k), length, causal), s, _MASKED)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        p = jnp.exp(s - m_new[:, None])
+        correction = jnp.exp(m - m_new)
+        v = v_ref[keys, :]
+        acc = acc * correction[:, None] + jnp.dot(
+            p.astype(v.dtype), v, preferred_element_type=jnp.float32
+        )
+        return acc, m_new, l_sum * correction + jnp.sum(p, axis=-1)
+
+    n_blocks = (length + block_k - 1) // block_k
+    if causal:
+        n_blocks = jnp.minimum(n_blocks, ((qi + 1) * block_q + block_k - 1) // block_k)
+    init = (
+        jnp.zeros(q.shape, jnp.float32),
+        jnp.full((block_q,), -jnp.inf, jnp.float32),
+        jnp.zeros((block_q,), jnp.float32),
+    )
+    acc, m, l_sum = jax.lax.fori_loop(0, n_blocks, body, init)
+    o_ref[...] = (acc / l_sum[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = m + jnp.log(l_sum)
+
+
+def _q_blocked(block_q, d):
+    return pl.BlockSpec((None, block_q, None, d), lambda b, h, i: (b, i, h, 0))
+
+
+def _whole(length, d):
+    return pl.BlockSpec((None, length, None, d), lambda b, h, i: (b, 0, h, 0))
+
+
+def _forward(q, k, v, bias, lengths, options):
+    causal, has_bias, block_q, block_k, interpret, num_warps, num_stages = options
+    params = plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    batch, q_len, heads, d = q.shape
+    k_len = k.shape[1]
+    bias_spec = (
+        pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (0, h, i, 0))
+        if has_bias
+        else pl.BlockSpec((None, None, block_q, block_k), lambda b, h, i: (0, h, 0, 0))
+    )
+    out, lse = pl.pallas_call(
+        functools.partial(_forward_kernel, options=options),
+        grid=(batch, heads, q_len // block_q),
+        in_specs=[
+            _q_blocked(block_q, d),
+            _whole(k_len, d),
+            _whole(k_len, d),
+            bias_spec,
+            pl.BlockSpec((1,), lambda b, h, i: (b,)),
+        ],
+        out_specs=[
+            _q_blocked(block_q, d),
+            pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct(q.shape, q.dtype),
+            jax.ShapeDtypeStruct((batch, heads, q_len), jnp.float32),
+        ],
+        interpret=interpret,
+        compiler_params=params,
+        name="t5_attention_forward",
+    )(q, k, v, bias, lengths)
+    return out, (q, k, v, bias, lengths, out, lse)
+
+
+def _dkdv_kernel(
+    q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, options
+):
+    causal, has_bias, block_q, block_k = options[:4]
+    kb = pl.program_id(2)
+    k, v = k_ref[...], v_ref[...]
+    length = len_ref[0]
+    k_pos = kb * block_k + jnp.arange(block_k)
+
+    def body(qb, carry):
+        dk, dv = carry
+        rows = pl.ds(qb * block_q, block_q)
+        q, do = q_ref[rows, :], do_ref[rows, :]
+        s = jnp.dot(q, k.T, preferred_element_type=jnp.float32)
+        if has_bias:
+            s = s + bias_ref[rows, :].astype(jnp.float32)
+        keep = _keep(qb * block_q + jnp.arange(block_q), k_pos, length, causal)
+        p = jnp.where(keep, jnp.exp(s - lse_ref[rows][:, None]), 0.0)
+        dv = dv + jnp.dot(p.astype(do.dtype).T, do, preferred_element_type=jnp.float32)
+        dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
+        ds = p * (dp - delta_ref[rows][:, None])
+        dk = dk + jnp.dot(ds.astype(q.dtype).T, q, preferred_element_type=jnp.float32)
+        return dk, dv
+
+    first = (kb * block_k) // block_q if causal else 0
+    n_q_blocks = q_ref.shape[0] // block_q
+    zeros = jnp.zeros(k.shape, jnp.float32)
+    dk, dv = jax.lax.fori_loop(first, n_q_blocks, body, (zeros, zeros))
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _dq_kernel(
+    q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dq_ref, *ds_ref, options
+):
+    causal, has_bias, block_q, block_k = options[:4]
+    qi = pl.program_id(2)
+    q, do = q_ref[...], do_ref[...]
+    lse, delta = lse_ref[...], delta_ref[...]
+    length = len_ref[0]
+    q_pos = qi * block_q + jnp.arange(block_q)
+    if has_bias:
+        ds_ref[0][...] = jnp.zeros(ds_ref[0].shape, ds_ref[0].dtype)  # blocks the loop skips
+
+    def body(kb, dq):
+        keys = pl.ds(kb * block_k, block_k)
+        k, v = k_ref[keys, :], v_ref[keys, :]
+        s = jnp.dot(q, k.T, preferred_element_type=jnp.float32)
+        if has_bias:
+            s = s + bias_ref[:, keys].astype(jnp.float32)
+        keep = _keep(q_pos, kb * block_k + jnp.arange(block_k), length, causal)
+        p = jnp.where(keep, jnp.exp(s - lse[:, None]), 0.0)
+        dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
+        ds = p * (dp - delta[:, None])
+        if has_bias:
+            ds_ref[0][:, keys] = ds.astype(ds_ref[0].dtype)
+        return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+    n_blocks = (length + block_k - 1) // block_k
+    if causal:
+        n_blocks = jnp.minimum(n_blocks, ((qi + 1) * block_q + block_k - 1) // block_k)
+    dq = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros(q.shape, jnp.float32))
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+def _backward(options, residuals, d_out):
+    causal, has_bias, block_q, block_k, interpret, num_warps, num_stages = options
+    params = plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    q, k, v, bias, lengths, out, lse = residuals
+    batch, q_len, heads, d = q.shape
+    k_len = k.shape[1]
+    # delta_i = sum_j P_ij dP_ij = rowsum(dO * O), per (batch, head, query).
+    delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
+    lengths_spec = pl.BlockSpec((1,), lambda b, h, i: (b,))
+    stats_blocked = pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))
+    stats_whole = pl.BlockSpec((None, None, q_len), lambda b, h, i: (b, h, 0))
+    k_blocked = pl.BlockSpec((None, block_k, None, d), lambda b, h, j: (b, j, h, 0))
+    dummy_bias = pl.BlockSpec((None, None, block_q, block_k), lambda b, h, i: (0, h, 0, 0))
+
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkdv_kernel, options=options),
+        grid=(batch, heads, k_len // block_k),
+        in_specs=[
+            _whole(q_len, d),
+            k_blocked,
+            k_blocked,
+            pl.BlockSpec((None, None, q_len, block_k), lambda b, h, j: (0, h, 0, j))
+            if has_bias
+            else dummy_bias,
+            lengths_spec,
+            _whole(q_len, d),
+            stats_whole,
+            stats_whole,
+        ],
+        out_specs=[k_blocked, k_blocked],
+        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        interpret=interpret,
+        compiler_params=params,
+        name="t5_attention_dkdv",
+    )(q, k, v, bias, lengths, d_out, lse, delta)
+
+    out_specs = [_q_blocked(block_q, d)]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+    if has_bias:
+        out_specs.append(pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (b, h, i, 0)))
+        out_shape.append(jax.ShapeDtypeStruct((batch, heads, q_len, k_len), q.dtype))
+    results = pl.pallas_call(
+        functools.partial(_dq_kernel, options=options),
+        grid=(batch, heads, q_len // block_q),
+        in_specs=[
+            _q_blocked(block_q, d),
+            _whole(k_len, d),
+            _whole(k_len, d),
+            pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (0, h, i, 0))
+            if has_bias
+            else dummy_bias,
+            lengths_spec,
+            _q_blocked(block_q, d),
+            stats_blocked,
+            stats_blocked,
+        ],
+        out_specs=out_specs,
+        out_shape=out_shape,
+        interpret=interpret,
+        compiler_params=params,
+        name="t5_attention_dq",
+    )(q, k, v, bias, lengths, d_out, lse, delta)
+    dq = results[0]
+    if has_bias:
+        d_bias = jnp.sum(results[1].astype(jnp.float32), axis=0, keepdims=True)
+        d_bias = d_bias.astype(bias.dtype)
+    else:
+        d_bias = jnp.zeros_like(bias)
+    return dq, dk, dv, d_bias, None
+
+
+_attention.defvjp(_forward, _backward)
