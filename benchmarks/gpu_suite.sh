@@ -111,7 +111,7 @@ EOF
         >"$OUT/pallas-test.log" 2>&1
       echo "pallas tests: exit $?"
       tail -n 20 "$OUT/pallas-test.log"
-      for tiles in "64 64 4 2" "128 64 8 2" "64 128 4 3" "128 128 8 2"; do
+      for tiles in "64 64 4 2" "128 64 8 2" "64 64 4 3" "128 64 8 3"; do
         read -r bq bk warps stages <<<"$tiles"
         timeout 100 "$PY" -u benchmarks/attention_bias_cost.py --impl pallas --block-q "$bq" \
           --block-k "$bk" --num-warps "$warps" --num-stages "$stages" \

@@ -59,7 +59,7 @@ class T5Config:
     classifier_dtype: str | None = None
     # "auto": cuDNN fused attention on GPU with bf16/fp16, XLA's fused path otherwise, and
     # the plain einsum path where neither applies (talking heads, attention dropout).
-    # "pallas": flash_t5's kernels (work in progress; interpret mode off the GPU).
+    # "pallas": flash_t5's kernels (opt-in, not yet timed on a GPU; interpret mode elsewhere).
     attention_impl: str = "auto"
     float32_attention_logits: bool = False
     # How an unpacked batch's padding reaches the attention kernels: "mask" (a boolean mask,

@@ -1,15 +1,19 @@
 """Flash attention with T5's shared relative-position bias, as Pallas kernels.
 
-WORK IN PROGRESS (branch wip/t5-flash-attention): checked against plain attention in Pallas's
-interpret mode on CPU only; not yet lowered or timed on a GPU.
+Opt-in (`attention_impl="pallas"`), not yet timed on a GPU: forward and every gradient match
+plain attention in Pallas's interpret mode, and each kernel's Triton module is built and
+verified for CUDA on a CPU-only machine (tests/test_flash_t5.py); benchmarks/flash_t5_resources.py
+compiles them for sm_90 to screen tile sizes for register spills and shared memory.
 
 Why: cuDNN's fused attention takes T5's bias as a (1, heads, q, k) tensor and then runs a path
 1.8x slower than without a bias (benchmarks/attention_bias_cost.py: 3.46 ms against 1.92 ms
 forward + backward per t5.1.1-base encoder layer on an H100), whether or not the bias gets a
 gradient. These kernels are FlashAttention-2 (online softmax forward; backward split into a
 dK/dV kernel over key blocks and a dQ kernel over query blocks) with the bias tile added to the
-scores and padding given as per-example key lengths; the dQ kernel also writes dS, whose sum
-over the batch is the bias gradient.
+scores and padding given as per-example key lengths. The bias gradient (dS summed over the
+batch) comes from a third kernel that owns one (head, query block, key block) tile and
+recomputes dS there for each example in turn, summing on chip; cuDNN instead writes dS for the
+whole batch (805 MB per base encoder layer in bf16) and reduces it in a separate pass.
 
 Layout as `jax.nn.dot_product_attention`: q (batch, q_len, heads, d), k and v (batch, k_len,
 heads, d); no 1/sqrt(d) scaling (T5 folds it into the query initialisation).
@@ -183,7 +187,10 @@ def _dkdv_kernel(
         return dk, dv
 
     first = (kb * block_k) // block_q if causal else 0
-    n_q_blocks = q_ref.shape[0] // block_q
+    # A key block wholly beyond this example's length gets zero gradients: no loop at all.
+    # (Arithmetic, not jnp.where: Pallas's Triton lowering turns a select between two Python
+    # ints into an i1 select, which then fails to verify as a loop bound.)
+    n_q_blocks = jnp.maximum(first, (kb * block_k < length) * (q_ref.shape[0] // block_q))
     zeros = jnp.zeros(k.shape, jnp.float32)
     dk, dv = jax.lax.fori_loop(first, n_q_blocks, body, (zeros, zeros))
     dk_ref[...] = dk.astype(dk_ref.dtype)
@@ -191,7 +198,7 @@ def _dkdv_kernel(
 
 
 def _dq_kernel(
-    q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dq_ref, *ds_ref, options
+    q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dq_ref, *, options
 ):
     causal, has_bias, block_q, block_k = options[:4]
     qi = pl.program_id(2)
@@ -199,8 +206,6 @@ def _dq_kernel(
     lse, delta = lse_ref[...], delta_ref[...]
     length = len_ref[0]
     q_pos = qi * block_q + jnp.arange(block_q)
-    if has_bias:
-        ds_ref[0][...] = jnp.zeros(ds_ref[0].shape, ds_ref[0].dtype)  # blocks the loop skips
 
     def body(kb, dq):
         keys = pl.ds(kb * block_k, block_k)
@@ -212,8 +217,6 @@ def _dq_kernel(
         p = jnp.where(keep, jnp.exp(s - lse[:, None]), 0.0)
         dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
         ds = p * (dp - delta[:, None])
-        if has_bias:
-            ds_ref[0][:, keys] = ds.astype(ds_ref[0].dtype)
         return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
     n_blocks = (length + block_k - 1) // block_k
@@ -221,6 +224,31 @@ def _dq_kernel(
         n_blocks = jnp.minimum(n_blocks, ((qi + 1) * block_q + block_k - 1) // block_k)
     dq = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+def _dbias_kernel(
+    q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dbias_ref, *, options
+):
+    causal, _, block_q, block_k = options[:4]
+    qi, kb = pl.program_id(1), pl.program_id(2)
+    q_pos = qi * block_q + jnp.arange(block_q)
+    k_pos = kb * block_k + jnp.arange(block_k)
+    bias = bias_ref[...].astype(jnp.float32)
+
+    def body(n, acc):
+        q, do = q_ref[n, :, :], do_ref[n, :, :]
+        k, v = k_ref[n, :, :], v_ref[n, :, :]
+        s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) + bias
+        keep = _keep(q_pos, k_pos, len_ref[n], causal)
+        p = jnp.where(keep, jnp.exp(s - lse_ref[n, :][:, None]), 0.0)
+        dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
+        return acc + p * (dp - delta_ref[n, :][:, None])
+
+    n_examples = q_ref.shape[0]
+    if causal:  # a tile wholly above the diagonal gets no gradient: skip its batch loop
+        n_examples = (kb * block_k < (qi + 1) * block_q) * n_examples
+    acc = jax.lax.fori_loop(0, n_examples, body, jnp.zeros((block_q, block_k), jnp.float32))
+    dbias_ref[...] = acc
 
 
 def _backward(options, residuals, d_out):
@@ -259,12 +287,7 @@ def _backward(options, residuals, d_out):
         name="t5_attention_dkdv",
     )(q, k, v, bias, lengths, d_out, lse, delta)
 
-    out_specs = [_q_blocked(block_q, d)]
-    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
-    if has_bias:
-        out_specs.append(pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (b, h, i, 0)))
-        out_shape.append(jax.ShapeDtypeStruct((batch, heads, q_len, k_len), q.dtype))
-    results = pl.pallas_call(
+    dq = pl.pallas_call(
         functools.partial(_dq_kernel, options=options),
         grid=(batch, heads, q_len // block_q),
         in_specs=[
@@ -279,19 +302,76 @@ def _backward(options, residuals, d_out):
             stats_blocked,
             stats_blocked,
         ],
-        out_specs=out_specs,
-        out_shape=out_shape,
+        out_specs=_q_blocked(block_q, d),
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         interpret=interpret,
         compiler_params=params,
         name="t5_attention_dq",
     )(q, k, v, bias, lengths, d_out, lse, delta)
-    dq = results[0]
-    if has_bias:
-        d_bias = jnp.sum(results[1].astype(jnp.float32), axis=0, keepdims=True)
-        d_bias = d_bias.astype(bias.dtype)
-    else:
-        d_bias = jnp.zeros_like(bias)
-    return dq, dk, dv, d_bias, None
+    if not has_bias:
+        return dq, dk, dv, jnp.zeros_like(bias), None
+
+    # The bias gradient is dS summed over the batch. Rather than write dS (batch x heads x
+    # q x k, 0.8 GB per t5.1.1-base encoder layer) and reduce it, a third kernel owns one
+    # (head, query block, key block) tile, recomputes dS there for every example (two small
+    # matmuls each) and keeps the running sum on chip: one float32 tile written per program.
+    batch_tile = lambda rows: pl.BlockSpec((batch, rows, None, d), lambda h, i, j: (0, i, h, 0))
+    key_tile = pl.BlockSpec((batch, block_k, None, d), lambda h, i, j: (0, j, h, 0))
+    stats_tile = pl.BlockSpec((batch, None, block_q), lambda h, i, j: (0, h, i))
+    d_bias = pl.pallas_call(
+        functools.partial(_dbias_kernel, options=options),
+        grid=(heads, q_len // block_q, k_len // block_k),
+        in_specs=[
+            batch_tile(block_q),
+            key_tile,
+            key_tile,
+            pl.BlockSpec((None, None, block_q, block_k), lambda h, i, j: (0, h, i, j)),
+            pl.BlockSpec((batch,), lambda h, i, j: (0,)),
+            batch_tile(block_q),
+            stats_tile,
+            stats_tile,
+        ],
+        out_specs=pl.BlockSpec((None, None, block_q, block_k), lambda h, i, j: (0, h, i, j)),
+        out_shape=jax.ShapeDtypeStruct((1, heads, q_len, k_len), jnp.float32),
+        interpret=interpret,
+        compiler_params=params,
+        name="t5_attention_dbias",
+    )(q, k, v, bias, lengths, d_out, lse, delta)
+    return dq, dk, dv, d_bias.astype(bias.dtype), None
 
 
 _attention.defvjp(_forward, _backward)
+
+
+def triton_modules_for_cuda(fn, *args) -> dict[str, str]:
+    """Lower jit(fn)(*args) for CUDA on any machine; each Pallas kernel's Triton module as text.
+
+    A development check: cross-platform lowering runs Pallas's Triton lowering without a GPU,
+    and every module is verified here (XLA would otherwise receive an unverified module and
+    fail only on the GPU). args may be jax.ShapeDtypeStruct. Relies on a private hook of
+    jax's Pallas, where the module is still an MLIR object.
+    """
+    from jax._src.pallas.triton import pallas_call_registration as registration
+
+    lower = getattr(registration.lowering, "lower_jaxpr_to_triton_module", None)
+    if lower is None:
+        raise RuntimeError("this jax has no lower_jaxpr_to_triton_module: update flash_t5")
+    modules = {}
+
+    def verified(*a, **kw):
+        result = lower(*a, **kw)
+        op = result.module.operation
+        name = op.attributes["sym_name"].value
+        try:
+            op.verify()
+        except Exception as e:
+            raise RuntimeError(f"Triton module {name} does not verify: {e}") from None
+        modules[name] = op.get_asm()
+        return result
+
+    registration.lowering.lower_jaxpr_to_triton_module = verified
+    try:
+        jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+    finally:
+        registration.lowering.lower_jaxpr_to_triton_module = lower
+    return modules
