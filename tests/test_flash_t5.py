@@ -30,16 +30,19 @@ def reference(q, k, v, bias, lengths, causal):
 
 
 @pytest.mark.parametrize(
-    "causal, with_bias, q_len, k_len, lengths",
+    "causal, with_bias, q_len, k_len, lengths, d",
     [
-        (False, True, 64, 96, (96, 59, 5)),  # encoder-like, ragged key lengths
-        (True, True, 57, 57, (57, 37, 3)),  # decoder self-attention, lengths off the tiles
-        (False, False, 40, 100, (100, 63, 5)),  # cross-attention: no bias
+        (False, True, 64, 96, (96, 59, 5), 16),  # encoder-like, ragged key lengths
+        (True, True, 57, 57, (57, 37, 3), 16),  # decoder self-attention, lengths off the tiles
+        (False, False, 40, 100, (100, 63, 5), 16),  # cross-attention: no bias
+        (False, True, 32, 40, (40, 17, 33), 24),  # head size padded to a power of two
     ],
 )
-def test_forward_and_all_gradients_match_plain_attention(causal, with_bias, q_len, k_len, lengths):
+def test_forward_and_all_gradients_match_plain_attention(
+    causal, with_bias, q_len, k_len, lengths, d
+):
     rng = np.random.default_rng(0)
-    batch, heads, d = 3, 2, 16
+    batch, heads = 3, 2
 
     def normal(*shape):
         return jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -93,14 +96,17 @@ def test_model_with_pallas_attention_matches_xla():
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("causal, with_bias", [(False, True), (True, True), (False, False)])
-def test_kernels_lower_to_triton_for_cuda_on_any_machine(causal, with_bias):
+@pytest.mark.parametrize(
+    "causal, with_bias, d",
+    [(False, True, 64), (True, True, 64), (False, False, 64), (False, True, 72)],
+)
+def test_kernels_lower_to_triton_for_cuda_on_any_machine(causal, with_bias, d):
     """Pallas's Triton lowering (block shapes, loads, loops) runs for the GPU without one.
 
     Cross-platform lowering produces each kernel's Triton module here on the CPU and each is
     verified, so a kernel that Pallas cannot express for Triton fails here, not on the GPU.
     """
-    batch, q_len, k_len, heads, d = 2, 114, 512, 4, 64  # 114 targets are padded to tiles
+    batch, q_len, k_len, heads = 2, 114, 512, 4  # 114 targets are padded to tiles, 72 to 128
     q = jax.ShapeDtypeStruct((batch, q_len, heads, d), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((batch, q_len if causal else k_len, heads, d), jnp.bfloat16)
     bias = jax.ShapeDtypeStruct((1, heads, q_len, kv.shape[1]), jnp.bfloat16) if with_bias else None

@@ -50,17 +50,20 @@ def t5_attention(
     bias: (1, heads, q_len, k_len) shared by the batch, or None. kv_lengths: (batch,) int32
     (keys at positions >= length are padding; at least 1), or None for all keys.
     """
-    batch, q_len, heads, _ = q.shape
+    batch, q_len, heads, head_dim = q.shape
     k_len = k.shape[1]
     if kv_lengths is None:
         kv_lengths = jnp.full((batch,), k_len, jnp.int32)
-    # Tiles are powers of two; other lengths (T5's 114 targets) are padded up to a whole
-    # number of tiles. Padding keys lie beyond kv_lengths; padding queries are sliced off.
+    # Triton tiles are powers of two (at least 16 for tensor-core dots), so lengths that are
+    # not a multiple of the tile (T5's 114 targets) and head sizes that are not a power of two
+    # are padded. Padding keys lie beyond kv_lengths; padding queries are sliced off; zero
+    # features change no q.k product and give output features that are sliced off.
     q_pad, k_pad = -q_len % block_q, -k_len % block_k
-    if q_pad or k_pad:
-        q = jnp.pad(q, ((0, 0), (0, q_pad), (0, 0), (0, 0)))
-        k = jnp.pad(k, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
-        v = jnp.pad(v, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
+    d_pad = max(16, 1 << (head_dim - 1).bit_length()) - head_dim
+    if q_pad or k_pad or d_pad:
+        q = jnp.pad(q, ((0, 0), (0, q_pad), (0, 0), (0, d_pad)))
+        k = jnp.pad(k, ((0, 0), (0, k_pad), (0, 0), (0, d_pad)))
+        v = jnp.pad(v, ((0, 0), (0, k_pad), (0, 0), (0, d_pad)))
         if bias is not None:
             bias = jnp.pad(bias, ((0, 0), (0, 0), (0, q_pad), (0, k_pad)))
     has_bias = bias is not None
@@ -68,7 +71,7 @@ def t5_attention(
         bias = jnp.zeros((1, heads, block_q, block_k), q.dtype)  # never read
     options = (causal, has_bias, block_q, block_k, interpret, num_warps, num_stages)
     out = _attention(q, k, v, bias, kv_lengths.astype(jnp.int32), options)
-    return out[:, :q_len]
+    return out[:, :q_len, :, :head_dim]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
