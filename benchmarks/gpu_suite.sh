@@ -20,7 +20,7 @@
 #               --override padding=features (padding as one extra q/k head feature: no mask, no
 #               lengths), the alternative to the default's sequence lengths
 #   small-bf16logits       --override logits_dtype=bfloat16 (t5x keeps float32 logits)
-#   pallas      (branch wip/t5-flash-attention) tests/test_flash_t5.py on the GPU, then
+#   pallas      tests/test_flash_t5.py on the GPU (flash_t5 against plain attention), then
 #               attention_bias_cost.py --impl pallas for four tile choices
 #   small-pallas|base-pallas   --override attention_impl=pallas
 #   small-grouped|base-grouped
@@ -106,7 +106,7 @@ EOF
     small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
     small-fp32classifier) train small-fp32classifier t5.1.1-small classifier_dtype=float32 ;;
     pallas)
-      # flash_t5 (work in progress): correctness on the GPU, then tile choices against cuDNN.
+      # flash_t5: correctness on the GPU, then spill-free tile choices against cuDNN.
       timeout 300 "$PY" -m pytest -q -x --noconftest tests/test_flash_t5.py \
         >"$OUT/pallas-test.log" 2>&1
       echo "pallas tests: exit $?"
