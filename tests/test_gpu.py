@@ -1,9 +1,10 @@
-"""Checks that need a GPU: cuDNN fused attention against XLA's attention in the whole model.
+"""Checks that need a GPU: cuDNN's and flash_t5's attention against XLA's in the whole model.
 
 Under pytest they run where JAX has a GPU and are skipped elsewhere (CI has none). The GPU
 machines have JAX but neither pytest nor TensorFlow, so the file also runs as a script:
 
     PYTHONPATH=. python tests/test_gpu.py              # exit 1 on a failed check
+    PYTHONPATH=. python tests/test_gpu.py --fused pallas  # flash_t5's Pallas kernels
     PYTHONPATH=. python tests/test_gpu.py --fused xla  # the same checks on CPU (self-test)
 
 Each check compares loss and gradients of a 2+2-layer T5.1.1-small (bf16 activations) on a
@@ -172,6 +173,17 @@ if pytest is not None:
         assert result["grad_rel"] < GRAD_RTOL, result
         assert result["worst_leaf_grad_rel"] < LEAF_GRAD_RTOL, result
 
+    @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (Triton)")
+    @pytest.mark.parametrize("padding,packed", CASES)
+    def test_pallas_matches_xla_attention(padding, packed):
+        """flash_t5 where it applies (lengths); mask and segments fall back to cuDNN."""
+        result = compare("pallas", padding, packed)
+        expected = "segments" if packed else {"auto": "lengths"}.get(padding, padding)
+        assert result["mode"] == expected
+        assert result["loss_rel"] < LOSS_RTOL, result
+        assert result["grad_rel"] < GRAD_RTOL, result
+        assert result["worst_leaf_grad_rel"] < LEAF_GRAD_RTOL, result
+
     def test_the_gpu_checks_run_on_cpu_with_xla_attention():
         """The script's own logic (batches, packing, comparison) on XLA's path in float32:
         the lengths and features paths against the mask."""
@@ -184,14 +196,14 @@ if pytest is not None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="cuDNN vs XLA attention in the whole model")
-    parser.add_argument("--fused", default="cudnn", choices=["cudnn", "xla"])
+    parser = argparse.ArgumentParser(description="fused vs XLA attention in the whole model")
+    parser.add_argument("--fused", default="cudnn", choices=["cudnn", "pallas", "xla"])
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
     results = run_checks(args.fused)
     for r in results:
         print(
-            f"{'ok  ' if r['ok'] else 'FAIL'} {r['fused']:5s} padding={r['padding']:7s} "
+            f"{'ok  ' if r['ok'] else 'FAIL'} {r['fused']:6s} padding={r['padding']:7s} "
             f"packed={r['packed']!s:5s} as {r['mode']:8s} loss {r['loss']:.5f} "
             f"loss rel {r['loss_rel']:.1e} grad rel {r['grad_rel']:.1e} "
             f"(worst leaf {r['worst_leaf_grad_rel']:.1e} {r['worst_leaf']}; "
