@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.sharding import PartitionSpec
 
 Initializer = jax.nn.initializers.Initializer
 
@@ -435,6 +436,47 @@ def plain_attention(
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def flash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    kv_lengths: jax.Array | None,
+    *,
+    causal: bool,
+    axes: Sequence[str],
+) -> jax.Array:
+    """flash_t5's kernels on (batch, length, heads, d) inputs, one device's shard at a time.
+
+    XLA cannot partition a Pallas kernel: under a mesh it would gather every operand and run
+    the whole batch on each device. Attention is independent per example and head, so the
+    kernels run under `shard_map` on the batch and head shards that the logical axis rules
+    give `axes` (q's logical names), the bias sharded by head only; its gradient is summed
+    over the batch shards by shard_map's transpose. Off the GPU the kernels run in Pallas's
+    interpret mode, which is for tests.
+    """
+    from t5forge.model.flash_t5 import t5_attention
+
+    if kv_lengths is None:
+        kv_lengths = jnp.full(q.shape[:1], k.shape[1], jnp.int32)
+    interpret = jax.default_backend() != "gpu"
+
+    def run(q, k, v, kv_lengths, *bias):
+        return t5_attention(
+            q, k, v, bias[0] if bias else None, kv_lengths, causal=causal, interpret=interpret
+        )
+
+    args = (q, k, v, kv_lengths) + (() if bias is None else (bias,))
+    if jax.sharding.get_abstract_mesh().empty:
+        return run(*args)
+    batch, _, heads, _ = nn.logical_to_mesh_axes(tuple(axes))
+    qkv = PartitionSpec(batch, None, heads, None)
+    specs = (qkv, qkv, qkv, PartitionSpec(batch), PartitionSpec(None, heads, None, None))
+    # check_vma=False: pallas_call does not take part in shard_map's replication checks.
+    sharded = jax.shard_map(run, in_specs=specs[: len(args)], out_specs=qkv, check_vma=False)
+    return sharded(*args)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, T5 style: no biases, no 1/sqrt(d) in the forward pass."""
 
@@ -517,17 +559,8 @@ class MultiHeadAttention(nn.Module):
                 **mixes,
             )
         elif impl == "pallas":
-            from t5forge.model.flash_t5 import t5_attention
-
-            out = t5_attention(
-                q,
-                k,
-                v,
-                bias,
-                None if lengths is None else lengths.key_value,
-                causal=is_causal,
-                interpret=jax.default_backend() != "gpu",
-            )
+            kv_lengths = None if lengths is None else lengths.key_value
+            out = flash_attention(q, k, v, bias, kv_lengths, causal=is_causal, axes=split)[..., :d]
         else:
             out = jax.nn.dot_product_attention(
                 q,
