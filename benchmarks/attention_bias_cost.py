@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--block-k", type=int, default=64)
     parser.add_argument("--num-warps", type=int, default=4)
     parser.add_argument("--num-stages", type=int, default=2)
+    parser.add_argument(
+        "--bias-grad", default="recompute", choices=("recompute", "store"), help="pallas"
+    )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--heads", type=int, default=12)
@@ -79,6 +82,7 @@ def main() -> None:
                 block_k=args.block_k,
                 num_warps=args.num_warps,
                 num_stages=args.num_stages,
+                bias_grad=args.bias_grad,
                 interpret=jax.default_backend() != "gpu",
             )
         return jax.nn.dot_product_attention(

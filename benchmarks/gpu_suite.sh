@@ -21,7 +21,8 @@
 #               lengths), the alternative to the default's sequence lengths
 #   small-bf16logits       --override logits_dtype=bfloat16 (t5x keeps float32 logits)
 #   pallas      tests/test_gpu.py --fused pallas (flash_t5 against XLA's attention), then
-#               attention_bias_cost.py --impl pallas for four tile choices
+#               attention_bias_cost.py --impl pallas for four tile choices and, at the default
+#               tiles, the bias gradient stored and summed by XLA instead of recomputed
 #   small-pallas|base-pallas   --override attention_impl=pallas
 #   small-grouped|base-grouped
 #               --group-updates: the optimizer's updates computed per group of layers
@@ -118,6 +119,8 @@ EOF
           --block-k "$bk" --num-warps "$warps" --num-stages "$stages" \
           --out "$OUT/pallas-$bq-$bk-$warps-$stages.json"
       done
+      timeout 100 "$PY" -u benchmarks/attention_bias_cost.py --impl pallas --bias-grad store \
+        --out "$OUT/pallas-store.json"
       ;;
     small-pallas) train small-pallas t5.1.1-small attention_impl=pallas ;;
     base-pallas) train base-pallas t5.1.1-base attention_impl=pallas ;;

@@ -37,16 +37,18 @@ def reference(q, k, v, bias, lengths, causal):
 
 
 @pytest.mark.parametrize(
-    "causal, with_bias, q_len, k_len, lengths, d",
+    "causal, with_bias, q_len, k_len, lengths, d, bias_grad",
     [
-        (False, True, 64, 96, (96, 59, 5), 16),  # encoder-like, ragged key lengths
-        (True, True, 57, 57, (57, 37, 3), 16),  # decoder self-attention, lengths off the tiles
-        (False, False, 40, 100, (100, 63, 5), 16),  # cross-attention: no bias
-        (False, True, 32, 40, (40, 17, 33), 24),  # head size padded to a power of two
+        (False, True, 64, 96, (96, 59, 5), 16, "recompute"),  # encoder-like, ragged lengths
+        (True, True, 57, 57, (57, 37, 3), 16, "recompute"),  # decoder: causal, off the tiles
+        (False, False, 40, 100, (100, 63, 5), 16, "recompute"),  # cross-attention: no bias
+        (False, True, 32, 40, (40, 17, 33), 24, "recompute"),  # head size padded to 32
+        (False, True, 64, 96, (96, 59, 5), 16, "store"),  # dS written, summed by XLA
+        (True, True, 57, 57, (57, 37, 3), 16, "store"),
     ],
 )
 def test_forward_and_all_gradients_match_plain_attention(
-    causal, with_bias, q_len, k_len, lengths, d
+    causal, with_bias, q_len, k_len, lengths, d, bias_grad
 ):
     rng = np.random.default_rng(0)
     batch, heads = 3, 2
@@ -62,7 +64,16 @@ def test_forward_and_all_gradients_match_plain_attention(
 
     def flash(q, k, v, bias):
         return t5_attention(
-            q, k, v, bias, lengths, causal=causal, block_q=32, block_k=32, interpret=True
+            q,
+            k,
+            v,
+            bias,
+            lengths,
+            causal=causal,
+            block_q=32,
+            block_k=32,
+            bias_grad=bias_grad,
+            interpret=True,
         )
 
     def plain(q, k, v, bias):
@@ -106,10 +117,17 @@ def test_model_with_pallas_attention_matches_xla(padding):
 
 
 @pytest.mark.parametrize(
-    "causal, with_bias, d",
-    [(False, True, 64), (True, True, 64), (False, False, 64), (False, True, 72)],
+    "causal, with_bias, d, bias_grad",
+    [
+        (False, True, 64, "recompute"),
+        (True, True, 64, "recompute"),
+        (False, False, 64, "recompute"),
+        (False, True, 72, "recompute"),
+        (False, True, 64, "store"),
+        (True, True, 64, "store"),
+    ],
 )
-def test_kernels_lower_to_triton_for_cuda_on_any_machine(causal, with_bias, d):
+def test_kernels_lower_to_triton_for_cuda_on_any_machine(causal, with_bias, d, bias_grad):
     """Pallas's Triton lowering (block shapes, loads, loops) runs for the GPU without one.
 
     Cross-platform lowering produces each kernel's Triton module here on the CPU and each is
@@ -122,12 +140,14 @@ def test_kernels_lower_to_triton_for_cuda_on_any_machine(causal, with_bias, d):
     lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
 
     def loss(q, k, v, bias, lengths):
-        out = t5_attention(q, k, v, bias, lengths, causal=causal, block_q=64, block_k=64)
+        out = t5_attention(q, k, v, bias, lengths, causal=causal, bias_grad=bias_grad)
         return jnp.sum(out.astype(jnp.float32))
 
     argnums = (0, 1, 2, 3) if with_bias else (0, 1, 2)
     modules = triton_modules_for_cuda(jax.grad(loss, argnums), q, kv, kv, bias, lengths)
-    kernels = ["forward", "dkdv", "dq"] + (["dbias"] if with_bias else [])
+    kernels = ["forward", "dkdv", "dq"] + (
+        ["dbias"] if with_bias and bias_grad == "recompute" else []
+    )
     assert sorted(modules) == sorted(f"t5_attention_{name}" for name in kernels)
     for text in modules.values():
         assert "tt.dot" in text  # the matmuls reach Triton as tensor-core dots

@@ -22,6 +22,7 @@ heads, d); no 1/sqrt(d) scaling (T5 folds it into the query initialisation).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,20 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 _MASKED = -1e30
+BIAS_GRADIENTS = ("recompute", "store")
+
+
+class _Options(NamedTuple):
+    """Static settings of one attention call (hashable: custom_vjp's nondiff argument)."""
+
+    causal: bool
+    has_bias: bool
+    block_q: int
+    block_k: int
+    interpret: bool
+    num_warps: int
+    num_stages: int
+    bias_grad: str  # "recompute": the dbias kernel; "store": dQ writes dS, XLA sums the batch
 
 
 def t5_attention(
@@ -43,13 +58,19 @@ def t5_attention(
     block_k: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    bias_grad: str = "recompute",
     interpret: bool = False,
 ) -> jax.Array:
     """softmax(q k^T + bias, keys >= kv_lengths masked, causal) v per head.
 
     bias: (1, heads, q_len, k_len) shared by the batch, or None. kv_lengths: (batch,) int32
-    (keys at positions >= length are padding; at least 1), or None for all keys.
+    (keys at positions >= length are padding; at least 1), or None for all keys. block_q,
+    block_k: tile sizes (powers of two, at least 16); num_warps, num_stages: Triton's. bias_grad:
+    how the bias gradient is formed, "recompute" (a kernel per bias tile sums dS over the batch
+    on chip) or "store" (the dQ kernel writes dS for the whole batch, then XLA sums it).
     """
+    if bias_grad not in BIAS_GRADIENTS:
+        raise ValueError(f"bias_grad must be one of {BIAS_GRADIENTS}, not {bias_grad!r}")
     batch, q_len, heads, head_dim = q.shape
     k_len = k.shape[1]
     if kv_lengths is None:
@@ -69,7 +90,9 @@ def t5_attention(
     has_bias = bias is not None
     if bias is None:
         bias = jnp.zeros((1, heads, block_q, block_k), q.dtype)  # never read
-    options = (causal, has_bias, block_q, block_k, interpret, num_warps, num_stages)
+    options = _Options(
+        causal, has_bias, block_q, block_k, interpret, num_warps, num_stages, bias_grad
+    )
     out = _attention(q, k, v, bias, kv_lengths.astype(jnp.int32), options)
     return out[:, :q_len, :, :head_dim]
 
@@ -131,8 +154,8 @@ def _whole(length, d):
 
 
 def _forward(q, k, v, bias, lengths, options):
-    causal, has_bias, block_q, block_k, interpret, num_warps, num_stages = options
-    params = plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    causal, has_bias, block_q, block_k, interpret = options[:5]
+    params = plgpu.CompilerParams(num_warps=options.num_warps, num_stages=options.num_stages)
     batch, q_len, heads, d = q.shape
     k_len = k.shape[1]
     bias_spec = (
@@ -201,7 +224,7 @@ def _dkdv_kernel(
 
 
 def _dq_kernel(
-    q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dq_ref, *, options
+    q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dq_ref, *ds_ref, options
 ):
     causal, has_bias, block_q, block_k = options[:4]
     qi = pl.program_id(2)
@@ -209,6 +232,8 @@ def _dq_kernel(
     lse, delta = lse_ref[...], delta_ref[...]
     length = len_ref[0]
     q_pos = qi * block_q + jnp.arange(block_q)
+    if ds_ref:  # bias_grad="store": key blocks the loop skips keep these zeros
+        ds_ref[0][...] = jnp.zeros(ds_ref[0].shape, ds_ref[0].dtype)
 
     def body(kb, dq):
         keys = pl.ds(kb * block_k, block_k)
@@ -220,6 +245,8 @@ def _dq_kernel(
         p = jnp.where(keep, jnp.exp(s - lse[:, None]), 0.0)
         dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
         ds = p * (dp - delta[:, None])
+        if ds_ref:
+            ds_ref[0][:, keys] = ds.astype(ds_ref[0].dtype)
         return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
     n_blocks = (length + block_k - 1) // block_k
@@ -255,8 +282,8 @@ def _dbias_kernel(
 
 
 def _backward(options, residuals, d_out):
-    causal, has_bias, block_q, block_k, interpret, num_warps, num_stages = options
-    params = plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    causal, has_bias, block_q, block_k, interpret = options[:5]
+    params = plgpu.CompilerParams(num_warps=options.num_warps, num_stages=options.num_stages)
     q, k, v, bias, lengths, out, lse = residuals
     batch, q_len, heads, d = q.shape
     k_len = k.shape[1]
@@ -290,7 +317,13 @@ def _backward(options, residuals, d_out):
         name="t5_attention_dkdv",
     )(q, k, v, bias, lengths, d_out, lse, delta)
 
-    dq = pl.pallas_call(
+    store_ds = has_bias and options.bias_grad == "store"
+    out_specs = [_q_blocked(block_q, d)]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+    if store_ds:
+        out_specs.append(pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (b, h, i, 0)))
+        out_shape.append(jax.ShapeDtypeStruct((batch, heads, q_len, k_len), q.dtype))
+    dq, *ds = pl.pallas_call(
         functools.partial(_dq_kernel, options=options),
         grid=(batch, heads, q_len // block_q),
         in_specs=[
@@ -305,14 +338,17 @@ def _backward(options, residuals, d_out):
             stats_blocked,
             stats_blocked,
         ],
-        out_specs=_q_blocked(block_q, d),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        out_specs=out_specs,
+        out_shape=out_shape,
         interpret=interpret,
         compiler_params=params,
         name="t5_attention_dq",
     )(q, k, v, bias, lengths, d_out, lse, delta)
     if not has_bias:
         return dq, dk, dv, jnp.zeros_like(bias), None
+    if store_ds:  # dS for the whole batch in bf16, summed over the batch by XLA (as cuDNN does)
+        d_bias = jnp.sum(ds[0].astype(jnp.float32), axis=0, keepdims=True)
+        return dq, dk, dv, d_bias.astype(bias.dtype), None
 
     # The bias gradient is dS summed over the batch. Rather than write dS (batch x heads x
     # q x k, 0.8 GB per t5.1.1-base encoder layer) and reduce it, a third kernel owns one
