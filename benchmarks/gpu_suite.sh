@@ -24,6 +24,7 @@
 #               attention_bias_cost.py --impl pallas for four tile choices and, at the default
 #               tiles, the bias gradient stored and summed by XLA instead of recomputed
 #   small-pallas|base-pallas   --override attention_impl=pallas
+#   small-pallas-grouped|base-pallas-grouped   both candidates together
 #   small-grouped|base-grouped
 #               --group-updates: the optimizer's updates computed per group of layers
 #   small-fp32classifier   --override classifier_dtype=float32 (float32 classifier operands,
@@ -124,6 +125,8 @@ EOF
       ;;
     small-pallas) train small-pallas t5.1.1-small attention_impl=pallas ;;
     base-pallas) train base-pallas t5.1.1-base attention_impl=pallas ;;
+    small-pallas-grouped) train small-pallas-grouped t5.1.1-small attention_impl=pallas --group-updates ;;
+    base-pallas-grouped) train base-pallas-grouped t5.1.1-base attention_impl=pallas --group-updates ;;
     small-grouped) train small-grouped t5.1.1-small "" --group-updates ;;
     base-grouped) train base-grouped t5.1.1-base "" --group-updates ;;
     bias-cost)
