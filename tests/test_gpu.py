@@ -163,21 +163,12 @@ def run_checks(fused: str) -> list[dict]:
 
 if pytest is not None:
 
-    @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (cuDNN)")
+    @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (cuDNN, Triton)")
+    @pytest.mark.parametrize("fused", ["cudnn", "pallas"])
     @pytest.mark.parametrize("padding,packed", CASES)
-    def test_cudnn_matches_xla_attention(padding, packed):
-        result = compare("cudnn", padding, packed)
-        expected = "segments" if packed else {"auto": "lengths"}.get(padding, padding)
-        assert result["mode"] == expected
-        assert result["loss_rel"] < LOSS_RTOL, result
-        assert result["grad_rel"] < GRAD_RTOL, result
-        assert result["worst_leaf_grad_rel"] < LEAF_GRAD_RTOL, result
-
-    @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (Triton)")
-    @pytest.mark.parametrize("padding,packed", CASES)
-    def test_pallas_matches_xla_attention(padding, packed):
-        """flash_t5 where it applies (lengths); mask and segments fall back to cuDNN."""
-        result = compare("pallas", padding, packed)
+    def test_fused_attention_matches_xla_attention(fused, padding, packed):
+        """pallas (flash_t5) runs where padding is lengths; mask and segments take cuDNN."""
+        result = compare(fused, padding, packed)
         expected = "segments" if packed else {"auto": "lengths"}.get(padding, padding)
         assert result["mode"] == expected
         assert result["loss_rel"] < LOSS_RTOL, result

@@ -153,16 +153,21 @@ def _whole(length, d):
     return pl.BlockSpec((None, length, None, d), lambda b, h, i: (b, 0, h, 0))
 
 
+def _bias_rows(has_bias, block_q, block_k, k_len):
+    """The bias rows of one query block (a dummy tile, never read, when there is no bias)."""
+    if has_bias:
+        return pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (0, h, i, 0))
+    return pl.BlockSpec((None, None, block_q, block_k), lambda b, h, i: (0, h, 0, 0))
+
+
+_LENGTH = pl.BlockSpec((1,), lambda b, h, i: (b,))  # this example's key length
+
+
 def _forward(q, k, v, bias, lengths, options):
     causal, has_bias, block_q, block_k, interpret = options[:5]
     params = plgpu.CompilerParams(num_warps=options.num_warps, num_stages=options.num_stages)
     batch, q_len, heads, d = q.shape
     k_len = k.shape[1]
-    bias_spec = (
-        pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (0, h, i, 0))
-        if has_bias
-        else pl.BlockSpec((None, None, block_q, block_k), lambda b, h, i: (0, h, 0, 0))
-    )
     out, lse = pl.pallas_call(
         functools.partial(_forward_kernel, options=options),
         grid=(batch, heads, q_len // block_q),
@@ -170,8 +175,8 @@ def _forward(q, k, v, bias, lengths, options):
             _q_blocked(block_q, d),
             _whole(k_len, d),
             _whole(k_len, d),
-            bias_spec,
-            pl.BlockSpec((1,), lambda b, h, i: (b,)),
+            _bias_rows(has_bias, block_q, block_k, k_len),
+            _LENGTH,
         ],
         out_specs=[
             _q_blocked(block_q, d),
@@ -289,11 +294,9 @@ def _backward(options, residuals, d_out):
     k_len = k.shape[1]
     # delta_i = sum_j P_ij dP_ij = rowsum(dO * O), per (batch, head, query).
     delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
-    lengths_spec = pl.BlockSpec((1,), lambda b, h, i: (b,))
     stats_blocked = pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))
     stats_whole = pl.BlockSpec((None, None, q_len), lambda b, h, i: (b, h, 0))
     k_blocked = pl.BlockSpec((None, block_k, None, d), lambda b, h, j: (b, j, h, 0))
-    dummy_bias = pl.BlockSpec((None, None, block_q, block_k), lambda b, h, i: (0, h, 0, 0))
 
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, options=options),
@@ -304,8 +307,8 @@ def _backward(options, residuals, d_out):
             k_blocked,
             pl.BlockSpec((None, None, q_len, block_k), lambda b, h, j: (0, h, 0, j))
             if has_bias
-            else dummy_bias,
-            lengths_spec,
+            else _bias_rows(False, block_q, block_k, k_len),
+            _LENGTH,
             _whole(q_len, d),
             stats_whole,
             stats_whole,
@@ -330,10 +333,8 @@ def _backward(options, residuals, d_out):
             _q_blocked(block_q, d),
             _whole(k_len, d),
             _whole(k_len, d),
-            pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (0, h, i, 0))
-            if has_bias
-            else dummy_bias,
-            lengths_spec,
+            _bias_rows(has_bias, block_q, block_k, k_len),
+            _LENGTH,
             _q_blocked(block_q, d),
             stats_blocked,
             stats_blocked,
