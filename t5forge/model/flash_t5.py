@@ -163,6 +163,12 @@ def _bias_rows(has_bias, block_q, block_k, k_len):
 _LENGTH = pl.BlockSpec((1,), lambda b, h, i: (b,))  # this example's key length
 
 
+def _query_block_inputs(has_bias, block_q, block_k, k_len, d):
+    """q, k, v, bias, lengths for a program that owns one query block and loops over keys."""
+    bias = _bias_rows(has_bias, block_q, block_k, k_len)
+    return [_q_blocked(block_q, d), _whole(k_len, d), _whole(k_len, d), bias, _LENGTH]
+
+
 def _forward(q, k, v, bias, lengths, options):
     causal, has_bias, block_q, block_k, interpret = options[:5]
     params = plgpu.CompilerParams(num_warps=options.num_warps, num_stages=options.num_stages)
@@ -171,13 +177,7 @@ def _forward(q, k, v, bias, lengths, options):
     out, lse = pl.pallas_call(
         functools.partial(_forward_kernel, options=options),
         grid=(batch, heads, q_len // block_q),
-        in_specs=[
-            _q_blocked(block_q, d),
-            _whole(k_len, d),
-            _whole(k_len, d),
-            _bias_rows(has_bias, block_q, block_k, k_len),
-            _LENGTH,
-        ],
+        in_specs=_query_block_inputs(has_bias, block_q, block_k, k_len, d),
         out_specs=[
             _q_blocked(block_q, d),
             pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i)),
@@ -330,11 +330,7 @@ def _backward(options, residuals, d_out):
         functools.partial(_dq_kernel, options=options),
         grid=(batch, heads, q_len // block_q),
         in_specs=[
-            _q_blocked(block_q, d),
-            _whole(k_len, d),
-            _whole(k_len, d),
-            _bias_rows(has_bias, block_q, block_k, k_len),
-            _LENGTH,
+            *_query_block_inputs(has_bias, block_q, block_k, k_len, d),
             _q_blocked(block_q, d),
             stats_blocked,
             stats_blocked,
