@@ -364,8 +364,9 @@ def lengths_mask(lengths: PaddingLengths, q_len: int, k_len: int) -> jax.Array:
 def resolve_attention_impl(
     requested: str, *, dtype, talking_heads: bool, dropout: bool, head_dim: int
 ) -> str:
-    """Which attention path runs: "cudnn", "xla" (both via jax.nn.dot_product_attention) or
-    "plain" (explicit softmax: talking heads and attention dropout need the weights)."""
+    """Which attention path runs: "cudnn", "xla" (both via jax.nn.dot_product_attention),
+    "plain" (explicit softmax: talking heads and attention dropout need the weights) or
+    "pallas" (flash_t5's kernels; only when requested)."""
     if talking_heads or dropout:
         return "plain"
     if requested != "auto":
@@ -534,8 +535,10 @@ class MultiHeadAttention(nn.Module):
             else:
                 q, k, v = add_padding_features(q, k, v, mask)
                 mask = None
-        if impl == "pallas" and mask is not None:
-            impl = "cudnn" if jax.default_backend() == "gpu" else "xla"  # segment masks
+        if impl == "pallas" and mask is not None:  # segment masks: what auto would run
+            impl = resolve_attention_impl(
+                "auto", dtype=self.dtype, talking_heads=False, dropout=False, head_dim=d
+            )
         if impl == "cudnn" and not cudnn_keeps_bias_gradient(
             None if bias is None else bias.shape, None if mask is None else mask.shape
         ):
