@@ -225,3 +225,21 @@ def test_sharded_pallas_attention_matches_unsharded_xla():
     worst = max(result["grad_rel"], key=result["grad_rel"].get)
     assert result["grad_rel"][worst] < 1e-4, worst
     assert any("relpos" in name for name in result["grad_rel"])
+
+
+def test_packed_batches_take_the_auto_path():
+    """Segment masks are not what flash_t5 takes: a packed batch runs auto's path, same logits."""
+    cfg = get_config("t5.1.1-tiny", vocab_size=128, dtype="float32")
+    rng = np.random.default_rng(5)
+    enc = rng.integers(2, 128, (2, 16)).astype(np.int32)
+    dec = rng.integers(2, 128, (2, 8)).astype(np.int32)
+    enc_seg = np.repeat([[1] * 10 + [2] * 6], 2, axis=0).astype(np.int32)
+    dec_seg = np.repeat([[1] * 5 + [2] * 3], 2, axis=0).astype(np.int32)
+    dec[:, [0, 5]] = 0
+    params = nn.meta.unbox(Transformer(cfg).init(jax.random.key(0), enc, dec))["params"]
+
+    def logits(impl):
+        model = Transformer(cfg.replace(attention_impl=impl))
+        return model.apply({"params": params}, enc, dec, enc_seg, dec_seg)
+
+    np.testing.assert_array_equal(logits("pallas"), logits("auto"))
