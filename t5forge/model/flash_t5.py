@@ -30,6 +30,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 _MASKED = -1e30
+# Triton's compiler parameters: CompilerParams in recent jax (0.10 here), TritonCompilerParams
+# in older releases.
+_TritonParams = getattr(plgpu, "CompilerParams", None) or plgpu.TritonCompilerParams
 BIAS_GRADIENTS = ("recompute", "store")
 
 
@@ -102,6 +105,10 @@ def _attention(q, k, v, bias, lengths, options):
     return _forward(q, k, v, bias, lengths, options)[0]
 
 
+def _compiler_params(options):
+    return _TritonParams(num_warps=options.num_warps, num_stages=options.num_stages)
+
+
 def _keep(q_pos, k_pos, length, causal):
     keep = k_pos[None, :] < length
     if causal:
@@ -171,7 +178,7 @@ def _query_block_inputs(has_bias, block_q, block_k, k_len, d):
 
 def _forward(q, k, v, bias, lengths, options):
     causal, has_bias, block_q, block_k, interpret = options[:5]
-    params = plgpu.CompilerParams(num_warps=options.num_warps, num_stages=options.num_stages)
+    params = _compiler_params(options)
     batch, q_len, heads, d = q.shape
     k_len = k.shape[1]
     out, lse = pl.pallas_call(
@@ -288,7 +295,7 @@ def _dbias_kernel(
 
 def _backward(options, residuals, d_out):
     causal, has_bias, block_q, block_k, interpret = options[:5]
-    params = plgpu.CompilerParams(num_warps=options.num_warps, num_stages=options.num_stages)
+    params = _compiler_params(options)
     q, k, v, bias, lengths, out, lse = residuals
     batch, q_len, heads, d = q.shape
     k_len = k.shape[1]
