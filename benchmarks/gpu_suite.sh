@@ -33,7 +33,7 @@
 #               XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS for every matmul)
 #   bias-cost   benchmarks/attention_bias_cost.py at base's and small's head counts: cuDNN
 #               attention with a learned, a constant and no position bias (~30 s)
-#   profile-small|profile-base
+#   profile-small|profile-base|profile-small-pallas|profile-base-pallas
 #               30 steps with --profile-steps 21:25; per-kernel time per step into
 #               $OUT/profile-<model>.txt (benchmarks/profile_summary.py) and the Perfetto trace
 #
@@ -139,13 +139,16 @@ EOF
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
         train "$part" "t5.1.1-${part%-notriton}"
       ;;
-    profile-small | profile-base)
+    profile-small | profile-base | profile-small-pallas | profile-base-pallas)
       # Steps 21..25 of 30 traced; the per-kernel summary (benchmarks/profile_summary.py) and
       # the Perfetto trace itself come back in $OUT.
       model="t5.1.1-${part#profile-}"
+      model="${model%-pallas}"
+      extra=()
+      [[ "$part" == *-pallas ]] && extra=(--override attention_impl=pallas)
       timeout "$LIMIT" "$PY" -u -m t5forge.cli train --model "$model" --data "$DATA" \
         --steps 30 --batch-size 128 --output "$work_dir/$part" --profile-steps 21:25 \
-        --checkpoint-every 0 --no-progress --no-tensorboard >"$OUT/$part.log" 2>&1
+        --checkpoint-every 0 --no-progress --no-tensorboard "${extra[@]}" >"$OUT/$part.log" 2>&1
       echo "$part: exit $?"
       "$PY" benchmarks/profile_summary.py "$work_dir/$part/profile" --steps 5 --top 40 \
         --out "$OUT/$part.json" >"$OUT/$part.txt" && head -n 60 "$OUT/$part.txt"

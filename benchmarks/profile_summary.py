@@ -23,7 +23,7 @@ import re
 # Kernel names by kind, first match wins. cuBLAS/CUTLASS/Triton matmuls carry gemm-like names;
 # cuDNN's fused attention kernels are named after the SDPA graph it generated.
 KINDS = (
-    ("attention", re.compile(r"sdpa|fmha|flash|cudnn", re.I)),
+    ("attention", re.compile(r"sdpa|fmha|flash|cudnn|t5_attention", re.I)),
     ("matmul", re.compile(r"gemm|xmma|cutlass|nvjet|wgmma|cublas|matmul|dot", re.I)),
     ("copy", re.compile(r"memcpy|memset|copy|transpose", re.I)),
     ("reduction", re.compile(r"reduce|reduction", re.I)),
