@@ -116,6 +116,16 @@ def _keep(q_pos, k_pos, length, causal):
     return keep
 
 
+def _key_blocks_seen(qi, length, options):
+    """How many key blocks query block qi attends to: those holding keys before `length`,
+    and for causal attention none wholly after the block's last query."""
+    n_blocks = (length + options.block_k - 1) // options.block_k
+    if options.causal:
+        last = ((qi + 1) * options.block_q + options.block_k - 1) // options.block_k
+        n_blocks = jnp.minimum(n_blocks, last)
+    return n_blocks
+
+
 def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, o_ref, lse_ref, *, options):
     causal, has_bias, block_q, block_k = options[:4]
     qi = pl.program_id(2)
@@ -139,9 +149,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, o_ref, lse_ref, *, o
         )
         return acc, m_new, l_sum * correction + jnp.sum(p, axis=-1)
 
-    n_blocks = (length + block_k - 1) // block_k
-    if causal:
-        n_blocks = jnp.minimum(n_blocks, ((qi + 1) * block_q + block_k - 1) // block_k)
+    n_blocks = _key_blocks_seen(qi, length, options)
     init = (
         jnp.zeros(q.shape, jnp.float32),
         jnp.full((block_q,), -jnp.inf, jnp.float32),
@@ -165,6 +173,13 @@ def _bias_rows(has_bias, block_q, block_k, k_len):
     if has_bias:
         return pl.BlockSpec((None, None, block_q, k_len), lambda b, h, i: (0, h, i, 0))
     return pl.BlockSpec((None, None, block_q, block_k), lambda b, h, i: (0, h, 0, 0))
+
+
+def _bias_columns(has_bias, block_q, block_k, q_len):
+    """The bias columns of one key block (a dummy tile, never read, when there is no bias)."""
+    if has_bias:
+        return pl.BlockSpec((None, None, q_len, block_k), lambda b, h, j: (0, h, 0, j))
+    return pl.BlockSpec((None, None, block_q, block_k), lambda b, h, j: (0, h, 0, 0))
 
 
 _LENGTH = pl.BlockSpec((1,), lambda b, h, i: (b,))  # this example's key length
@@ -261,9 +276,7 @@ def _dq_kernel(
             ds_ref[0][:, keys] = ds.astype(ds_ref[0].dtype)
         return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
-    n_blocks = (length + block_k - 1) // block_k
-    if causal:
-        n_blocks = jnp.minimum(n_blocks, ((qi + 1) * block_q + block_k - 1) // block_k)
+    n_blocks = _key_blocks_seen(qi, length, options)
     dq = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
@@ -312,9 +325,7 @@ def _backward(options, residuals, d_out):
             _whole(q_len, d),
             k_blocked,
             k_blocked,
-            pl.BlockSpec((None, None, q_len, block_k), lambda b, h, j: (0, h, 0, j))
-            if has_bias
-            else _bias_rows(False, block_q, block_k, k_len),
+            _bias_columns(has_bias, block_q, block_k, q_len),
             _LENGTH,
             _whole(q_len, d),
             stats_whole,
