@@ -542,6 +542,36 @@ def test_mlp_block_geglu_and_relu():
     np.testing.assert_allclose(np.asarray(got), np.maximum(x @ wi, 0) @ wo, rtol=1e-5, atol=1e-5)
 
 
+def test_geglu_backward_recomputes_the_activation(capsys):
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from t5forge.model.layers import gated_activation
+
+    rng = np.random.default_rng(3)
+    h0, h1, cotangent = (jnp.asarray(rng.normal(size=(2, 5, 24)), jnp.float32) for _ in range(3))
+
+    def plain(a, b):  # what autodiff saw before: tanh(...) is kept for the backward pass
+        return gelu_tanh_jax(a) * b
+
+    out, vjp = jax.vjp(functools.partial(gated_activation, ("gelu", "linear")), h0, h1)
+    want_out, want_vjp = jax.vjp(plain, h0, h1)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(want_out))
+    for got, want in zip(vjp(cotangent), want_vjp(cotangent), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
+
+    # What the backward pass keeps of the forward one: the two pre-activations and nothing
+    # else (left to autodiff it keeps intermediates too; after XLA's simplification, the tanh).
+    print_saved_residuals(plain, h0, h1)
+    kept_plain = capsys.readouterr().out.count("f32[2,5,24]")
+    print_saved_residuals(functools.partial(gated_activation, ("gelu", "linear")), h0, h1)
+    kept = capsys.readouterr().out.count("f32[2,5,24]")
+    assert kept == 2 and kept_plain > 2
+
+
+def gelu_tanh_jax(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
 def test_mlp_dropout_is_broadcast_over_length():
     # t5x drops the same hidden units at every position: identical positions stay identical.
     x = np.tile(np.random.default_rng(0).normal(size=(2, 1, 16)), (1, 7, 1)).astype(np.float32)
@@ -1128,6 +1158,40 @@ def test_cross_entropy_with_z_loss_and_its_gradient_match_numpy(dtype):
     np.testing.assert_allclose(metrics["z_loss"], np.sum(z_term * weights), rtol=1e-5)
     correct = (logits.argmax(-1) == targets) * weights
     assert float(metrics["correct"]) == correct.sum() and float(metrics["weight"]) == weights.sum()
+
+
+def test_log_partition_is_exact_at_extremes():
+    from t5forge.model.losses import loss_and_metrics
+
+    # Rows far from 0, a row whose logits are all equal, a row with -inf (masked) entries and
+    # one where a single logit dominates: log Z and its gradient (the softmax) against numpy
+    # in float64, where one-pass merging of partial maxima must not overflow or give NaN.
+    logits = np.array(
+        [
+            [1e4, 1e4 - 1, 1e4 - 50, 1e4 + 3],
+            [-1e4, -1e4 + 2, -1e4 - 7, -1e4],
+            [5.0, 5.0, 5.0, 5.0],
+            [-np.inf, 2.0, -np.inf, -1.0],
+            [80.0, -80.0, 0.0, -5.0],
+        ],
+        np.float32,
+    )[None]
+    targets = np.array([[3, 1, 0, 1, 0]])
+    weights = np.ones((1, 5), np.float32)
+    finite = np.where(np.isinf(logits), -1e30, logits).astype(np.float64)
+    top = finite.max(-1, keepdims=True)
+    log_z = np.log(np.exp(finite - top).sum(-1)) + top[..., 0]
+    target_logit = np.take_along_axis(finite, targets[..., None], -1)[..., 0]
+    total, z_term = cross_entropy_with_z_loss(jnp.asarray(logits), targets, 1e-4)
+    np.testing.assert_allclose(np.asarray(total), log_z - target_logit + 1e-4 * log_z**2, rtol=1e-6)
+
+    def summed(x):
+        return loss_and_metrics(x, targets, weights, z_loss=0.0)[0]
+
+    grad = np.asarray(jax.grad(summed)(jnp.asarray(logits)))
+    softmax = np.exp(finite - log_z[..., None])
+    np.testing.assert_allclose(grad, softmax - np.eye(4)[targets], atol=1e-6)
+    assert np.isfinite(grad).all()
 
 
 def test_loss_normalizations_follow_t5x():
