@@ -17,7 +17,9 @@ result is the compiled step's HLO and its memory plan. Per model and variant thi
   on the H100 GEGLU's backward fusion measured 0.53 ms a call, its bytes say 0.54 ms;
 - the operations moving the most bytes, summed over layers.
 
-It compares variants of the code without a GPU; it does not replace timing on one.
+It compares variants of the code without a GPU; it does not replace timing on one. Without
+autotuning XLA can fail to pick tiles for some fused GEMMs: `--override dropout_rate=0.1` stops
+with "Couldn't find output tile sizes" (the default, dropout-free pretraining step compiles).
 
 Needs jaxlib's CUDA plugin (`pip install "jax[cuda12]==<this jax's version>"`, best in a
 separate virtual environment: importing it on a machine without a GPU warns) and no GPU:
@@ -191,6 +193,7 @@ def compile_step(model: str, overrides: dict, group_updates: bool, batch: int, l
     from flax import linen as nn
     from jax.experimental import topologies
 
+    from t5forge.model.data import ENCDEC_FEATURES
     from t5forge.model.network import Transformer
     from t5forge.model.optim import OptimizerConfig, make_optimizer
     from t5forge.model.trainer import TrainConfig, TrainState, _dummy_batch, make_train_step
@@ -221,15 +224,13 @@ def compile_step(model: str, overrides: dict, group_updates: bool, batch: int, l
         opt_state=jax.eval_shape(optimizer.init, params),
     )
     state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), state)
-    names = {
-        "encoder_input_tokens": "inputs",
-        "decoder_input_tokens": "targets",
-        "decoder_target_tokens": "targets",
-        "decoder_loss_weights": "targets",
-    }
     batch_shapes = {
-        n: jax.ShapeDtypeStruct((batch, lengths[length]), jnp.int32, sharding=device)
-        for n, length in names.items()
+        name: jax.ShapeDtypeStruct(
+            (batch, lengths["inputs" if name.startswith("encoder") else "targets"]),
+            jnp.int32,
+            sharding=device,
+        )
+        for name in ENCDEC_FEATURES
     }
     step = jax.jit(
         make_train_step(Transformer(model_config), optimizer, schedule, config),
@@ -239,8 +240,10 @@ def compile_step(model: str, overrides: dict, group_updates: bool, batch: int, l
 
 
 def run(model: str, variant: str, args) -> dict:
+    from t5forge.model.commands import parse_overrides
+
     overrides, group_updates = VARIANTS[variant]
-    overrides = {**overrides, **dict(kv.split("=", 1) for kv in args.override)}
+    overrides = {**overrides, **parse_overrides(args.override)}
     start = time.perf_counter()
     compiled = compile_step(
         model, overrides, group_updates, args.batch_size, {"inputs": 512, "targets": 114}

@@ -39,17 +39,16 @@ def _max_and_sum_exp(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     )
 
 
+def _log_partition_fwd(logits):
+    max_logit, sum_exp = _max_and_sum_exp(logits)
+    return (jnp.log(sum_exp) + max_logit, max_logit), (logits, max_logit, sum_exp)
+
+
 @jax.custom_vjp
 def _log_partition(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(log Z, largest logit) per row of float32 `logits`; the second output has no
     gradient (it serves the accuracy)."""
-    max_logit, sum_exp = _max_and_sum_exp(logits)
-    return jnp.log(sum_exp) + max_logit, max_logit
-
-
-def _log_partition_fwd(logits):
-    max_logit, sum_exp = _max_and_sum_exp(logits)
-    return (jnp.log(sum_exp) + max_logit, max_logit), (logits, max_logit, sum_exp)
+    return _log_partition_fwd(logits)[0]
 
 
 def _log_partition_bwd(residuals, cotangents):
