@@ -20,20 +20,27 @@
 #               --override padding=features (padding as one extra q/k head feature: no mask, no
 #               lengths), the alternative to the default's sequence lengths
 #   small-bf16logits       --override logits_dtype=bfloat16 (t5x keeps float32 logits)
+#   pallas-parity   tests/test_gpu.py --fused pallas alone
 #   pallas      tests/test_gpu.py --fused pallas (flash_t5 against XLA's attention), then
 #               attention_bias_cost.py --impl pallas for four tile choices and, at the default
 #               tiles, the bias gradient stored and summed by XLA instead of recomputed
 #   small-pallas|base-pallas   --override attention_impl=pallas
 #   small-pallas-grouped|base-pallas-grouped   both candidates together
+#   small-pallasbias-grouped|base-pallasbias-grouped
+#               --override attention_impl=pallas_bias --group-updates (flash_t5 for the
+#               biased self-attention, cuDNN for cross-attention)
+#   pallas-tiles    the tile timings of the pallas part without its parity check
 #   small-grouped|base-grouped
-#               --group-updates: the optimizer's updates computed per group of layers
+#               --group-updates: the optimizer's updates computed per group of layers (the
+#               default since session 7; small|base run it too)
+#   small-ungrouped|base-ungrouped   --no-group-updates: one update per parameter
 #   small-fp32classifier   --override classifier_dtype=float32 (float32 classifier operands,
 #               TF32 on the GPU; the default multiplies bf16 into float32)
 #   small-notriton|base-notriton
 #               XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS for every matmul)
 #   bias-cost   benchmarks/attention_bias_cost.py at base's and small's head counts: cuDNN
 #               attention with a learned, a constant and no position bias (~30 s)
-#   profile-small|profile-base|profile-small-pallas|profile-base-pallas
+#   profile-<small|base>[-pallas|-pallasbias][-grouped]
 #               30 steps with --profile-steps 21:25; per-kernel time per step into
 #               $OUT/profile-<model>.txt (benchmarks/profile_summary.py) and the Perfetto trace
 #
@@ -107,6 +114,12 @@ EOF
     base-features) train base-features t5.1.1-base padding=features ;;
     small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
     small-fp32classifier) train small-fp32classifier t5.1.1-small classifier_dtype=float32 ;;
+    pallas-parity)
+      timeout "${PARITY_LIMIT:-300}" "$PY" -u tests/test_gpu.py --fused pallas \
+        >"$OUT/pallas-parity.log" 2>&1
+      echo "pallas parity: exit $?"
+      grep -E "^(ok|FAIL)|^jax|Error" "$OUT/pallas-parity.log" | head -n 20
+      ;;
     pallas)
       # flash_t5: the whole-model check against XLA's attention (script mode: the GPU machines
       # have no pytest), then spill-free tile choices against cuDNN.
@@ -128,6 +141,20 @@ EOF
     small-pallas-grouped) train small-pallas-grouped t5.1.1-small attention_impl=pallas --group-updates ;;
     base-pallas-grouped) train base-pallas-grouped t5.1.1-base attention_impl=pallas --group-updates ;;
     small-grouped) train small-grouped t5.1.1-small "" --group-updates ;;
+    small-ungrouped) train small-ungrouped t5.1.1-small "" --no-group-updates ;;
+    base-ungrouped) train base-ungrouped t5.1.1-base "" --no-group-updates ;;
+    small-pallasbias-grouped|base-pallasbias-grouped)
+      model="t5.1.1-${part%%-*}"
+      train "$part" "$model" attention_impl=pallas_bias --group-updates
+      ;;
+    pallas-tiles)
+      for tiles in "64 64 4 2" "128 64 8 2" "64 64 4 3" "128 64 8 3"; do
+        read -r bq bk warps stages <<<"$tiles"
+        timeout 100 "$PY" -u benchmarks/attention_bias_cost.py --impl pallas --block-q "$bq" \
+          --block-k "$bk" --num-warps "$warps" --num-stages "$stages" \
+          --out "$OUT/pallas-$bq-$bk-$warps-$stages.json"
+      done
+      ;;
     base-grouped) train base-grouped t5.1.1-base "" --group-updates ;;
     bias-cost)
       for heads in 12 6; do
@@ -139,13 +166,15 @@ EOF
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
         train "$part" "t5.1.1-${part%-notriton}"
       ;;
-    profile-small | profile-base | profile-small-pallas | profile-base-pallas)
+    profile-*)
       # Steps 21..25 of 30 traced; the per-kernel summary (benchmarks/profile_summary.py) and
       # the Perfetto trace itself come back in $OUT.
-      model="t5.1.1-${part#profile-}"
-      model="${model%-pallas}"
+      variant="${part#profile-}"
+      model="t5.1.1-${variant%%-*}"
       extra=()
-      [[ "$part" == *-pallas ]] && extra=(--override attention_impl=pallas)
+      [[ "$part" == *-pallas* ]] && extra=(--override attention_impl=pallas)
+      [[ "$part" == *-pallasbias* ]] && extra=(--override attention_impl=pallas_bias)
+      [[ "$part" == *-grouped ]] && extra+=(--group-updates)
       timeout "$LIMIT" "$PY" -u -m t5forge.cli train --model "$model" --data "$DATA" \
         --steps 30 --batch-size 128 --output "$work_dir/$part" --profile-steps 21:25 \
         --checkpoint-every 0 --no-progress --no-tensorboard "${extra[@]}" >"$OUT/$part.log" 2>&1

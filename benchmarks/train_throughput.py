@@ -61,7 +61,16 @@ def run_one(args) -> dict:
     data = ArrayBatches(train_arrays, args.batch_size, seed=0)
     eval_data = ArrayBatches(eval_arrays, args.batch_size, shuffle=False)
     start = time.perf_counter()
-    summary = train(config, data, eval_data, log=lambda s: None)
+
+    def log(message: str) -> None:  # phases with their times, on stderr (the suite's .log)
+        print(f"[{time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+    def on_step(done: int, metrics) -> None:
+        if done in (1, 2) or done == args.steps:
+            log(f"step {done} dispatched")
+
+    summary = train(config, data, eval_data, log=log, on_step=on_step)
+    log("train returned")
     wall = time.perf_counter() - start
     stats = jax.devices()[0].memory_stats() or {}
     model_config = get_config(args.one, **overrides)
@@ -114,7 +123,10 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adafactor")
     parser.add_argument("--schedule", default="rsqrt")
     parser.add_argument(
-        "--group-updates", action="store_true", help="the optimizer's updates per layer group"
+        "--group-updates",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the optimizer's updates per layer group (t5forge train's default)",
     )
     parser.add_argument(
         "--variant",
