@@ -87,10 +87,14 @@ def test_forward_and_all_gradients_match_plain_attention(
         np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5, err_msg=f"d{name}")
 
 
-@pytest.mark.parametrize("padding", ["lengths", "features"])
-def test_model_with_pallas_attention_matches_xla(padding):
+@pytest.mark.parametrize(
+    "padding, impl", [("lengths", "pallas"), ("features", "pallas"), ("lengths", "pallas_bias")]
+)
+def test_model_with_pallas_attention_matches_xla(padding, impl):
     """A whole t5.1.1-tiny (float32): loss and every gradient leaf, padded batch; padding as
-    key lengths, or as the extra head features (head size 32 + 8, padded to 64 in the kernel)."""
+    key lengths, or as the extra head features (head size 32 + 8, padded to 64 in the kernel).
+    pallas_bias: flash_t5 for the two self-attentions (they carry the position bias), auto's
+    path for cross-attention."""
     cfg = get_config("t5.1.1-tiny", vocab_size=128, dtype="float32")
     rng = np.random.default_rng(1)
     enc = rng.integers(2, 128, (2, 48)).astype(np.int32)
@@ -106,8 +110,11 @@ def test_model_with_pallas_attention_matches_xla(padding):
         logits = model.apply({"params": params}, enc, dec_in)
         return loss_and_metrics(logits, targets, (targets > 0).astype(np.float32))[0]
 
+    kernels = str(jax.make_jaxpr(lambda p: loss(p, impl))(params)).count("pallas_call")
+    layers = cfg.num_encoder_layers + cfg.num_decoder_layers * (2 if impl == "pallas" else 1)
+    assert kernels == layers  # one forward kernel per flash_t5 attention
     (want, want_grads), (got, got_grads) = (
-        jax.value_and_grad(loss)(params, impl) for impl in ("xla", "pallas")
+        jax.value_and_grad(loss)(params, i) for i in ("xla", impl)
     )
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for (path, a), b in zip(

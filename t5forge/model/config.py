@@ -16,6 +16,7 @@ ACTIVATIONS = ("relu", "gelu", "gelu_exact", "silu", "linear")
 
 
 PADDING_MODES = ("auto", "mask", "lengths", "features")
+ATTENTION_IMPLS = ("auto", "cudnn", "xla", "plain", "pallas", "pallas_bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,8 @@ class T5Config:
     classifier_dtype: str | None = None
     # "auto": cuDNN fused attention on GPU with bf16/fp16, XLA's fused path otherwise, and
     # the plain einsum path where neither applies (talking heads, attention dropout).
-    # "pallas": flash_t5's kernels (opt-in, not yet timed on a GPU; interpret mode elsewhere).
+    # "pallas": flash_t5's kernels (opt-in; interpret mode off the GPU). "pallas_bias": flash_t5
+    # where a learned position bias needs its gradient (self-attention), cuDNN elsewhere.
     attention_impl: str = "auto"
     float32_attention_logits: bool = False
     # How an unpacked batch's padding reaches the attention kernels: "mask" (a boolean mask,
@@ -85,10 +87,8 @@ class T5Config:
                 raise ValueError(
                     f"{self.name}: {field} has {len(values)} entries for {depth} layers"
                 )
-        if self.attention_impl not in ("auto", "cudnn", "xla", "plain", "pallas"):
-            raise ValueError(
-                f"{self.name}: attention_impl must be auto, cudnn, xla, plain or pallas"
-            )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"{self.name}: attention_impl must be one of {ATTENTION_IMPLS}")
         if self.padding not in PADDING_MODES:
             raise ValueError(f"{self.name}: padding must be one of {PADDING_MODES}")
         if self.remat not in ("none", "full", "dots"):

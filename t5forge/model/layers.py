@@ -389,8 +389,9 @@ def resolve_attention_impl(
     requested: str, *, dtype, talking_heads: bool, dropout: bool, head_dim: int
 ) -> str:
     """Which attention path runs: "cudnn", "xla" (both via jax.nn.dot_product_attention),
-    "plain" (explicit softmax: talking heads and attention dropout need the weights) or
-    "pallas" (flash_t5's kernels; only when requested)."""
+    "plain" (explicit softmax: talking heads and attention dropout need the weights),
+    "pallas" (flash_t5's kernels) or "pallas_bias" (flash_t5 where a position bias is
+    differentiated, auto's choice elsewhere); the last two only when requested."""
     if talking_heads or dropout:
         return "plain"
     if requested != "auto":
@@ -572,7 +573,11 @@ class MultiHeadAttention(nn.Module):
             else:
                 q, k, v = add_padding_features(q, k, v, mask)
                 mask = None
-        if impl == "pallas" and mask is not None:  # segment masks: what auto would run
+        if impl == "pallas_bias":  # flash_t5 only where a position bias needs its gradient
+            impl = "pallas" if bias is not None else "auto"
+        if impl == "pallas" and mask is not None:
+            impl = "auto"  # segment masks: flash_t5 takes key lengths only
+        if impl == "auto":
             impl = resolve_attention_impl(
                 "auto", dtype=self.dtype, talking_heads=False, dropout=False, head_dim=d
             )

@@ -63,7 +63,8 @@ def resolve_padding(config: T5Config) -> str:
     """
     if config.padding != "auto":
         return config.padding
-    return "lengths" if config_attention_impl(config) in ("cudnn", "pallas") else "mask"
+    fused = ("cudnn", "pallas", "pallas_bias")
+    return "lengths" if config_attention_impl(config) in fused else "mask"
 
 
 def _remat(module_cls, policy: str):
