@@ -631,9 +631,9 @@ def test_resume_with_another_optimizer_layout_is_a_clear_error(tmp_path, span_ar
     )  # fmt: skip
     assert cli(args + ["--steps", "2"]) == 0
     capsys.readouterr()
-    assert cli(args + ["--steps", "4", "--resume", "--group-updates"]) == 2
+    assert cli(args + ["--steps", "4", "--resume", "--no-group-updates"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--group-updates" in err and "checkpoints/2" in err
+    assert len(err.splitlines()) == 1 and "--no-group-updates" in err and "checkpoints/2" in err
 
 
 def test_profile_steps_write_a_jax_profiler_trace(tmp_path, span_arrays, capsys):
@@ -692,3 +692,39 @@ def test_compiled_steps_are_cached_for_the_next_run(tmp_path, span_arrays):
         runs.append(int(proc.stdout.split("CACHE_HITS")[-1].split()[0]))
     assert any(cache.iterdir())
     assert runs[0] == 0 and runs[1] > 0
+
+
+def test_parameters_drawn_on_the_host_are_the_on_device_ones(tmp_path, span_arrays, monkeypatch):
+    """On a GPU the trainer draws the random parameters with XLA:CPU (compiling the
+    initialisers for the GPU takes minutes) and places them on the mesh: the same run as one
+    initialised on the device, in the model's parameter dtype."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from t5forge.model import trainer
+    from t5forge.model.config import get_config
+    from t5forge.model.data import ArrayBatches
+    from t5forge.model.network import Transformer
+
+    arrays, _ = span_arrays
+    overrides = {"vocab_size": VOCAB, "dtype": "float32", "param_dtype": "bfloat16"}
+    placed = []
+    place = trainer._place_params
+    monkeypatch.setattr(trainer, "_place_params", lambda *a: placed.append(place(*a)) or placed[-1])
+    rows = {}
+    for on_host in (False, True):
+        monkeypatch.setattr(trainer, "_initialise_on_host", lambda on_host=on_host: on_host)
+        output = tmp_path / f"host_{on_host}"
+        config = _config(output, model_overrides=overrides, steps=3, checkpoint_every=0)
+        trainer.train(config, ArrayBatches(arrays, 8), log=lambda s: 0)
+        rows[on_host] = _train_rows(output)
+    assert len(placed) == 1  # only the host-initialised run placed parameters
+    model = Transformer(get_config("t5.1.1-tiny", **overrides))
+    ids = jnp.ones((1, 8), jnp.int32)
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), ids, ids))["params"]
+    assert jax.tree.map(lambda x: x.dtype, placed[0]) == jax.tree.map(lambda x: x.dtype, shapes)
+    assert jnp.dtype(jnp.bfloat16) in {x.dtype for x in jax.tree.leaves(placed[0])}
+    for step in (1, 2, 3):
+        assert rows[True][step]["cross_entropy"] == rows[False][step]["cross_entropy"], step
+        assert rows[True][step]["grad_norm"] == rows[False][step]["grad_norm"], step
