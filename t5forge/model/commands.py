@@ -144,9 +144,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--grad-clip", type=float, help="global-norm clipping (0: off)")
     opt.add_argument(
         "--group-updates",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="compute the optimizer's per-parameter updates once per group of layers (the "
-        "same arithmetic in far fewer GPU kernels; checkpoints keep this layout)",
+        "same arithmetic in far fewer GPU kernels; the default). Checkpoints keep the layout: "
+        "resume an ungrouped one with --no-group-updates",
     )
     opt.add_argument("--z-loss", type=float, default=1e-4)
     opt.add_argument(

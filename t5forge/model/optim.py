@@ -37,9 +37,11 @@ class OptimizerConfig:
     # (which clips its updates instead).
     grad_clip: float | None = None
     # Compute the per-parameter updates once per group of same-named, same-shaped parameters
-    # (`per_parameter_in_groups`): the same arithmetic in far fewer GPU kernels. Its state is
-    # stacked per group, so its checkpoints do not mix with the ungrouped layout.
-    group_updates: bool = False
+    # (`per_parameter_in_groups`): the same arithmetic in far fewer GPU kernels (on an H100,
+    # t5.1.1-small's step 3.8% faster, base's 1.5%). Its state is stacked per group, so its
+    # checkpoints do not mix with the ungrouped layout (--no-group-updates, the layout of
+    # checkpoints written before it became the default).
+    group_updates: bool = True
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
