@@ -532,16 +532,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_host_training_matches_one_host(tmp_path, span_arrays):
+# `t5forge train` as on a GPU, where the random parameters are drawn on each host's CPU.
+HOST_INIT_CLI = (
+    "import sys; from t5forge.model import trainer; trainer._initialise_on_host = lambda: True; "
+    "from t5forge.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("host_init", [False, True])
+def test_two_host_training_matches_one_host(tmp_path, span_arrays, host_init):
     """`--distributed` with two processes (jax.distributed on CPU): each host feeds its half of
-    every batch, and the losses equal a single-process run's."""
+    every batch, and the losses equal a single-process run's; also with the parameters drawn
+    on each host and placed on the global mesh (the GPU start-up path)."""
     arrays, _ = span_arrays
     data = tmp_path / "span.npz"
     np.savez(data, **{k: v[:64] for k, v in arrays.items()})
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     env.pop("XLA_FLAGS", None)
+    launcher = ["-c", HOST_INIT_CLI] if host_init else ["-m", "t5forge.cli"]
     base = [
-        sys.executable, "-m", "t5forge.cli", "train", "--data", str(data),
+        sys.executable, *launcher, "train", "--data", str(data),
         "--model", "t5.1.1-tiny", "--override", f"vocab_size={VOCAB}",
         "--override", "dtype=float32", "--steps", "4", "--batch-size", "8", "--log-every", "1",
         "--checkpoint-every", "0", "--no-progress", "--no-tensorboard",

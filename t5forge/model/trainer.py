@@ -738,7 +738,8 @@ def random_params_on_host(model_config: T5Config, lengths: Mapping[str, int], se
     110 s), XLA:CPU about 10 s, for the same random bits: threefry is counter-based.
     """
     try:
-        cpu = jax.devices("cpu")[0]
+        # This process's own CPU: under jax.distributed the CPU devices can span processes.
+        cpu = jax.local_devices(backend="cpu")[0]
     except RuntimeError:
         return None
     # XLA attention lowers on the CPU (cuDNN's would not); the parameters do not depend on it.
