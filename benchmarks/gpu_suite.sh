@@ -69,6 +69,23 @@ train() {  # train PART MODEL [OVERRIDE] [FLAG]
   echo "$part: exit $? $(tail -c 600 "$OUT/$part.json")"
 }
 
+pallas_parity() {  # flash_t5 against XLA's attention in the whole model (script mode: the GPU
+  # machines have no pytest)
+  timeout "${PARITY_LIMIT:-300}" "$PY" -u tests/test_gpu.py --fused pallas \
+    >"$OUT/pallas-parity.log" 2>&1
+  echo "pallas parity: exit $?"
+  grep -E "^(ok|FAIL)|^jax|Error" "$OUT/pallas-parity.log" | head -n 20
+}
+
+pallas_tiles() {  # one base encoder layer, forward + backward, at each spill-free tile choice
+  for tiles in "64 64 4 2" "128 64 8 2" "64 64 4 3" "128 64 8 3"; do
+    read -r bq bk warps stages <<<"$tiles"
+    timeout 100 "$PY" -u benchmarks/attention_bias_cost.py --impl pallas --block-q "$bq" \
+      --block-k "$bk" --num-warps "$warps" --num-stages "$stages" \
+      --out "$OUT/pallas-$bq-$bk-$warps-$stages.json"
+  done
+}
+
 for part in "$@"; do
   case "$part" in
     data)
@@ -114,25 +131,13 @@ EOF
     base-features) train base-features t5.1.1-base padding=features ;;
     small-bf16logits) train small-bf16logits t5.1.1-small logits_dtype=bfloat16 ;;
     small-fp32classifier) train small-fp32classifier t5.1.1-small classifier_dtype=float32 ;;
-    pallas-parity)
-      timeout "${PARITY_LIMIT:-300}" "$PY" -u tests/test_gpu.py --fused pallas \
-        >"$OUT/pallas-parity.log" 2>&1
-      echo "pallas parity: exit $?"
-      grep -E "^(ok|FAIL)|^jax|Error" "$OUT/pallas-parity.log" | head -n 20
-      ;;
+    pallas-parity) pallas_parity ;;
+    pallas-tiles) pallas_tiles ;;
     pallas)
-      # flash_t5: the whole-model check against XLA's attention (script mode: the GPU machines
-      # have no pytest), then spill-free tile choices against cuDNN.
-      timeout "${PARITY_LIMIT:-300}" "$PY" -u tests/test_gpu.py --fused pallas \
-        >"$OUT/pallas-parity.log" 2>&1
-      echo "pallas parity: exit $?"
-      grep -E "^(ok|FAIL)|^jax|Error" "$OUT/pallas-parity.log" | head -n 20
-      for tiles in "64 64 4 2" "128 64 8 2" "64 64 4 3" "128 64 8 3"; do
-        read -r bq bk warps stages <<<"$tiles"
-        timeout 100 "$PY" -u benchmarks/attention_bias_cost.py --impl pallas --block-q "$bq" \
-          --block-k "$bk" --num-warps "$warps" --num-stages "$stages" \
-          --out "$OUT/pallas-$bq-$bk-$warps-$stages.json"
-      done
+      # flash_t5: the whole-model check against XLA's attention, then spill-free tile choices
+      # and, at the default tiles, the bias gradient stored and summed by XLA.
+      pallas_parity
+      pallas_tiles
       timeout 100 "$PY" -u benchmarks/attention_bias_cost.py --impl pallas --bias-grad store \
         --out "$OUT/pallas-store.json"
       ;;
@@ -146,14 +151,6 @@ EOF
     small-pallasbias-grouped|base-pallasbias-grouped)
       model="t5.1.1-${part%%-*}"
       train "$part" "$model" attention_impl=pallas_bias --group-updates
-      ;;
-    pallas-tiles)
-      for tiles in "64 64 4 2" "128 64 8 2" "64 64 4 3" "128 64 8 3"; do
-        read -r bq bk warps stages <<<"$tiles"
-        timeout 100 "$PY" -u benchmarks/attention_bias_cost.py --impl pallas --block-q "$bq" \
-          --block-k "$bk" --num-warps "$warps" --num-stages "$stages" \
-          --out "$OUT/pallas-$bq-$bk-$warps-$stages.json"
-      done
       ;;
     base-grouped) train base-grouped t5.1.1-base "" --group-updates ;;
     bias-cost)
