@@ -137,6 +137,7 @@ def test_resume_after_interruption_reproduces_losses(tmp_path, span_arrays, grou
         log=messages.append,
     )
     assert any("resumed" in m and "step 4" in m for m in messages)
+    assert any("state restored in" in m for m in messages)  # no fresh initialisation first
     a, b = _train_rows(straight), _train_rows(broken)
     assert sorted(a) == sorted(b) == list(range(1, 13))  # each step logged once
     for step in range(5, 13):

@@ -516,7 +516,8 @@ def train(
     rules = sharding.LOGICAL_AXIS_RULES
 
     init_start = time.perf_counter()
-    if initial is None and _initialise_on_host():
+    resuming = config.resume and checkpoints.latest_step() is not None
+    if initial is None and not resuming and _initialise_on_host():
         initial = random_params_on_host(model_config, lengths, config.seed)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(model.init, jax.random.key(config.seed), *_dummy_batch(lengths))
@@ -525,7 +526,13 @@ def train(
         def random_params(key):
             return nn.meta.unbox(model.init(key, *_dummy_batch(lengths)))["params"]
 
-        if initial is None:
+        if resuming:  # the checkpoint's state replaces it: shapes and shardings suffice
+            params = jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                _abstract_params(boxed["params"]),
+                param_shardings,
+            )
+        elif initial is None:
             params = jax.jit(random_params, out_shardings=param_shardings)(
                 jax.random.key(config.seed)
             )
@@ -533,17 +540,28 @@ def train(
             params = _place_params(initial, boxed["params"], param_shardings)
         opt_shapes = jax.eval_shape(optimizer.init, params)
         opt_shardings = _opt_state_shardings(opt_shapes, param_shardings, mesh)
-        opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-        step0 = jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))
-        state = TrainState(step=step0, params=params, opt_state=opt_state)
-        jax.block_until_ready(state)
-        log(f"parameters and optimizer state ready in {time.perf_counter() - init_start:.1f} s")
-
+        replicated = sharding.replicated(mesh)
         start = 0
-        if config.resume and checkpoints.latest_step() is not None:
-            state, meta = checkpoints.restore(state)
+        if resuming:
+            abstract = TrainState(
+                step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+                params=params,
+                opt_state=jax.tree.map(
+                    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                    opt_shapes,
+                    opt_shardings,
+                ),
+            )
+            state, meta = checkpoints.restore(abstract)
             start = int(jax.device_get(state.step))
             log(f"resumed from {checkpoints.directory} at step {start} ({meta.get('model')})")
+        else:
+            opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+            step0 = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+            state = TrainState(step=step0, params=params, opt_state=opt_state)
+        jax.block_until_ready(state)
+        what = "restored" if resuming else "ready"
+        log(f"parameters and optimizer state {what} in {time.perf_counter() - init_start:.1f} s")
         if start >= config.steps:
             log(f"nothing to do: the checkpoint is at step {start} >= --steps {config.steps}")
 
@@ -774,13 +792,19 @@ def _place_params(initial, boxed_shapes, shardings):
             "initial parameters do not match the model: "
             f"missing {missing}, unexpected {extra}, shape mismatches {shapes}"
         )
-    dtypes = jax.tree.map(
-        lambda x: (x.value if isinstance(x, nn.Partitioned) else x).dtype,
+    abstract = _abstract_params(boxed_shapes)
+    return jax.tree.map(
+        lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), initial, abstract, shardings
+    )
+
+
+def _abstract_params(boxed_shapes):
+    """The ShapeDtypeStructs of an abstract boxed parameter tree. Not `nn.meta.unbox`, which
+    would apply sharding constraints inside a mesh context."""
+    return jax.tree.map(
+        lambda x: x.value if isinstance(x, nn.Partitioned) else x,
         boxed_shapes,
         is_leaf=lambda x: isinstance(x, nn.Partitioned),
-    )
-    return jax.tree.map(
-        lambda x, dtype, s: jax.device_put(np.asarray(x, dtype), s), initial, dtypes, shardings
     )
 
 
