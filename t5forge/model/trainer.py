@@ -527,11 +527,7 @@ def train(
             return nn.meta.unbox(model.init(key, *_dummy_batch(lengths)))["params"]
 
         if resuming:  # the checkpoint's state replaces it: shapes and shardings suffice
-            params = jax.tree.map(
-                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                _abstract_params(boxed["params"]),
-                param_shardings,
-            )
+            params = _with_shardings(_abstract_params(boxed["params"]), param_shardings)
         elif initial is None:
             params = jax.jit(random_params, out_shardings=param_shardings)(
                 jax.random.key(config.seed)
@@ -546,11 +542,7 @@ def train(
             abstract = TrainState(
                 step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
                 params=params,
-                opt_state=jax.tree.map(
-                    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                    opt_shapes,
-                    opt_shardings,
-                ),
+                opt_state=_with_shardings(opt_shapes, opt_shardings),
             )
             state, meta = checkpoints.restore(abstract)
             start = int(jax.device_get(state.step))
@@ -795,6 +787,13 @@ def _place_params(initial, boxed_shapes, shardings):
     abstract = _abstract_params(boxed_shapes)
     return jax.tree.map(
         lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), initial, abstract, shardings
+    )
+
+
+def _with_shardings(shapes, shardings):
+    """ShapeDtypeStructs of `shapes` (a tree of them) carrying `shardings`: a restore target."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
     )
 
 
