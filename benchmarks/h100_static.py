@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import re
@@ -190,13 +191,12 @@ def compile_step(model: str, overrides: dict, group_updates: bool, batch: int, l
     """The compiled train step of `t5forge train` for one compile-only H100."""
     import jax
     import jax.numpy as jnp
-    from flax import linen as nn
     from jax.experimental import topologies
 
     from t5forge.model.data import ENCDEC_FEATURES
     from t5forge.model.network import Transformer
     from t5forge.model.optim import OptimizerConfig, make_optimizer
-    from t5forge.model.trainer import TrainConfig, TrainState, _dummy_batch, make_train_step
+    from t5forge.model.trainer import TrainConfig, TrainState, make_train_step, random_params
 
     topology = topologies.get_topology_desc(
         platform="cuda", topology="1x1x1", target_config=H100_TARGET
@@ -214,10 +214,8 @@ def compile_step(model: str, overrides: dict, group_updates: bool, batch: int, l
     optimizer, schedule = make_optimizer(config.optimizer)
     init_model = Transformer(model_config.replace(padding="mask"))
 
-    def random_params(key):
-        return nn.meta.unbox(init_model.init(key, *_dummy_batch(lengths)))["params"]
-
-    params = jax.eval_shape(random_params, jax.random.key(0))
+    init = functools.partial(random_params, init_model, lengths)
+    params = jax.eval_shape(init, jax.random.key(0))
     state = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
         params=params,

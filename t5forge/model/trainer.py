@@ -15,6 +15,7 @@ losses after s as a run that was never interrupted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -264,6 +265,11 @@ class _CompiledSteps:
 
 # ---------------------------------------------------------------------------------------------
 # State creation, sharding, checkpoints
+
+
+def random_params(model: Transformer, lengths: Mapping[str, int], key):
+    """`model`'s random parameters, unboxed; its initialisation runs one unpacked row."""
+    return nn.meta.unbox(model.init(key, *_dummy_batch(lengths)))["params"]
 
 
 def _dummy_batch(lengths: Mapping[str, int]):
@@ -523,15 +529,11 @@ def train(
         boxed = jax.eval_shape(model.init, jax.random.key(config.seed), *_dummy_batch(lengths))
         param_shardings = sharding.logical_shardings(boxed["params"], mesh, rules)
 
-        def random_params(key):
-            return nn.meta.unbox(model.init(key, *_dummy_batch(lengths)))["params"]
-
         if resuming:  # the checkpoint's state replaces it: shapes and shardings suffice
             params = _with_shardings(_abstract_params(boxed["params"]), param_shardings)
         elif initial is None:
-            params = jax.jit(random_params, out_shardings=param_shardings)(
-                jax.random.key(config.seed)
-            )
+            init = functools.partial(random_params, model, lengths)
+            params = jax.jit(init, out_shardings=param_shardings)(jax.random.key(config.seed))
         else:
             params = _place_params(initial, boxed["params"], param_shardings)
         opt_shapes = jax.eval_shape(optimizer.init, params)
@@ -754,12 +756,9 @@ def random_params_on_host(model_config: T5Config, lengths: Mapping[str, int], se
         return None
     # XLA attention lowers on the CPU (cuDNN's would not); the parameters do not depend on it.
     model = Transformer(model_config.replace(padding="mask", attention_impl="xla"))
-
-    def random_params(key):
-        return nn.meta.unbox(model.init(key, *_dummy_batch(lengths)))["params"]
-
     with jax.default_device(cpu):
-        return jax.device_get(jax.jit(random_params)(jax.random.key(seed)))
+        init = functools.partial(random_params, model, lengths)
+        return jax.device_get(jax.jit(init)(jax.random.key(seed)))
 
 
 def _place_params(initial, boxed_shapes, shardings):
