@@ -90,6 +90,7 @@ def _decompressed_chunks(raw: BinaryIO, count: CounterFn) -> Iterator[bytes | _D
     decoder = zlib.decompressobj(31)
     pending = b""
     scanning = False  # looking for the next gzip header after an error
+    between = False  # a member just ended: NUL padding may follow, as gzip allows
     eof = False
     while True:
         if not pending:
@@ -99,6 +100,13 @@ def _decompressed_chunks(raw: BinaryIO, count: CounterFn) -> Iterator[bytes | _D
             if not pending:
                 eof = True
                 break
+        if between:
+            # Python's gzip module skips zero bytes after a member; so do we, rather than
+            # count them as a broken member.
+            pending = pending.lstrip(b"\x00")
+            if not pending:
+                continue
+            between = False
         if scanning:
             pos = pending.find(_GZIP_MAGIC)
             if pos < 0:
@@ -135,6 +143,7 @@ def _decompressed_chunks(raw: BinaryIO, count: CounterFn) -> Iterator[bytes | _D
             decoder = zlib.decompressobj(31)
             member = bytearray()
             member_output = False
+            between = True
             if rest:
                 pending = rest
     if scanning:
