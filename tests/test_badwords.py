@@ -75,6 +75,12 @@ def test_load_file_and_directory(tmp_path):
     (d / "fr").write_text("merde\n")
     (d / "fr-CA-u-sd-caqc").write_text("tabarnak\n")
     assert badwords.load_badwords(str(d)) == {"ja": {"エロ"}, "fr": {"merde", "tabarnak"}}
+    # A ".txt" extension names the same language (not a language "de.txt" no page has).
+    (d / "de.txt").write_text("scheisse\n")
+    words = badwords.load_badwords(str(d))
+    assert words["de"] == {"scheisse"} and "de.txt" not in words
+    verdict = badwords.BadwordsFilter(words).check("so eine scheisse hier", "de", "example.com/x")
+    assert verdict != "passed"
     with pytest.raises(FileNotFoundError, match="missing"):
         badwords.load_badwords(str(tmp_path / "missing"))
     (tmp_path / "bin").write_bytes(b"\xff\xfe\x00")

@@ -144,6 +144,24 @@ def gzip_pages(data):
     return pages
 
 
+def test_tfds_known_corrupt_file_is_skipped_and_counted(tmp_path):
+    # TFDS's builder leaves this file out of every build; a valid file elsewhere is read.
+    (relative,) = wet.KNOWN_CORRUPT_WET_FILES
+    excluded = tmp_path / relative
+    excluded.parent.mkdir(parents=True)
+    excluded.write_bytes(members(*valid_file()))
+    other = tmp_path / relative.replace("00052", "00053")
+    other.write_bytes(members(*valid_file()))
+    counts = collections.Counter()
+    for path in (excluded, other):
+        pages = list(wet.read_wet_file(str(path), lambda n, a=1: counts.update({n: a})))
+    assert [p.url for p in pages] == URLS
+    assert counts == {"wet-file": 2, "skipped:known_corrupt_file": 1, "passed": 5}
+    assert wet.is_known_corrupt("https://data.commoncrawl.org/" + relative)
+    assert wet.is_known_corrupt(relative)
+    assert not wet.is_known_corrupt("x" + relative)
+
+
 def test_unreadable_file_is_counted_not_raised(tmp_path):
     counts = collections.Counter()
     pages = list(

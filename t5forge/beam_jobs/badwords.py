@@ -54,8 +54,9 @@ def read_word_list(path: str) -> set[str]:
 def load_badwords(path: str, default_language: str = "en") -> dict[str, set[str]]:
     """Loads a bad-words file (for `default_language`) or a directory of per-language files.
 
-    In a directory each file is named by its language code; a region suffix
-    ("fr-CA-u-sd-caqc") merges into the base language, as in TFDS.
+    In a directory each file is named by its language code, as in the LDNOOBW repository,
+    optionally with a ".txt" extension ("de" or "de.txt"); a region suffix ("fr-CA-u-sd-caqc")
+    merges into the base language, as in TFDS.
     """
     if os.path.isdir(path):
         words: dict[str, set[str]] = {}
@@ -63,7 +64,8 @@ def load_badwords(path: str, default_language: str = "en") -> dict[str, set[str]
             full = os.path.join(path, name)
             if name.startswith(".") or not os.path.isfile(full):
                 continue
-            words.setdefault(name.split("-")[0], set()).update(read_word_list(full))
+            language = name.removesuffix(".txt").split("-")[0]
+            words.setdefault(language, set()).update(read_word_list(full))
         if not words:
             raise ValueError(f"--badwords {path}: directory holds no word lists")
     else:
