@@ -245,7 +245,9 @@ def test_prefix_lm_inputs_and_targets_rebuild_the_segment():
 
 
 def test_byt5_sentinels_fit_the_unused_utf8_bytes(monkeypatch, caplog):
-    """ByT5's 9 sentinels (258..250) are bytes UTF-8 never uses: no warning."""
+    """ByT5's 9 sentinels (258..250) are bytes UTF-8 never uses: no overflow. Three of them
+    are ids t5forge's UL2/PEGASUS tasks reserve (250..252), which is noted once; with 9
+    extra ids (`byte:9`) the sentinels are 267..259 and nothing is noted."""
     import seqio
 
     from t5forge.preprocessors import denoising
@@ -253,13 +255,20 @@ def test_byt5_sentinels_fit_the_unused_utf8_bytes(monkeypatch, caplog):
     assert denoising.max_noise_spans(1193, 0.15, 20.0) == 9
     assert denoising.max_noise_spans(568, 0.15, 3.0) == 28
     monkeypatch.setattr(denoising, "_sentinel_warning_issued", False)
-    byte = seqio.Feature(seqio.ByteVocabulary())
+    monkeypatch.setattr(denoising, "_reserved_warning_issued", False)
+    byte = seqio.ByteVocabulary()
     with caplog.at_level(logging.WARNING, logger=denoising.__name__):
-        denoising.check_sentinel_budget(9, byte.vocabulary, "ByT5")
+        denoising.check_sentinel_budget(9, seqio.ByteVocabulary(extra_ids=9), "ByT5, byte:9")
         assert not caplog.records
-        denoising.check_sentinel_budget(57, byte.vocabulary, "ByT5 with mean span 3")
-    assert "57 noise spans" in caplog.records[0].getMessage()
-    assert "only 11 sentinel ids" in caplog.records[0].getMessage()
+        denoising.check_sentinel_budget(9, byte, "ByT5")
+        denoising.check_sentinel_budget(9, byte, "ByT5")
+        (note,) = caplog.records
+        assert "sentinels 258..250" in note.getMessage()
+        assert "ids 250..252" in note.getMessage()
+        assert "[NLG], <mask_sentence>, <mask_word>" in note.getMessage()
+        denoising.check_sentinel_budget(57, byte, "ByT5 with mean span 3")
+    assert "57 noise spans" in caplog.records[1].getMessage()
+    assert "only 11 sentinel ids" in caplog.records[1].getMessage()
 
 
 def test_sentinel_overflow_option(monkeypatch, caplog):

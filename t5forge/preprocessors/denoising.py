@@ -48,6 +48,7 @@ _CONCAT_BATCH_SIZE = 128
 
 _sentinel_warning_lock = threading.Lock()
 _sentinel_warning_issued = False
+_reserved_warning_issued = False
 
 
 # ----------------------------------------------------------------------------
@@ -889,7 +890,10 @@ def check_sentinel_budget(
             f"sentinel_overflow={policy!r}; choose one of {', '.join(SENTINEL_OVERFLOW_POLICIES)}"
         )
     budget = _sentinel_budget(vocabulary)
-    if num_spans <= budget or policy == "ignore":
+    if policy == "ignore":
+        return
+    if num_spans <= budget:
+        _note_reserved_overlap(num_spans, vocabulary, where, budget)
         return
     if policy == "error":
         raise ValueError(
@@ -913,6 +917,41 @@ def check_sentinel_budget(
         vocab_size - budget - 1,
         vocab_size - num_spans,
         vocab_size - 1,
+    )
+
+
+def _note_reserved_overlap(num_spans: int, vocabulary: Any, where: str, budget: int) -> None:
+    """Logs once when t5's sentinels reach the ids t5forge reserves for UL2 and PEGASUS.
+
+    Span corruption keeps t5's sentinels (its output must equal t5's), so past
+    `budget - 5` spans they are ids that t5forge's UL2 and PEGASUS tasks give other
+    meanings: harmless alone, two meanings for one id in a mixture with those tasks.
+    ByT5 at 1024/189 (9 spans of the 11 byte sentinels) is the common case.
+    """
+    global _reserved_warning_issued
+    from t5forge.preprocessors.reserved_ids import RESERVED_TOKENS, span_sentinel_budget
+
+    if num_spans <= span_sentinel_budget(vocabulary):
+        return
+    with _sentinel_warning_lock:
+        if _reserved_warning_issued:
+            return
+        _reserved_warning_issued = True
+    vocab_size = int(vocabulary.vocab_size)
+    first_reserved = vocab_size - budget
+    overlap = range(max(first_reserved, vocab_size - num_spans), first_reserved + 5)
+    logger.warning(
+        "%s: up to %d noise spans use sentinels %d..%d, which include ids %d..%d that "
+        "t5forge's UL2 and PEGASUS tasks use for %s. Fine on its own; do not mix this task "
+        "with those on this vocabulary, or give it more extra ids (e.g. `byte:9`, "
+        "`PATH.model:N`). Logged once.",
+        where,
+        num_spans,
+        vocab_size - 1,
+        vocab_size - num_spans,
+        overlap.start,
+        overlap.stop - 1,
+        ", ".join(RESERVED_TOKENS[overlap.start - first_reserved : overlap.stop - first_reserved]),
     )
 
 

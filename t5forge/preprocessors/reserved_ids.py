@@ -16,9 +16,16 @@ denoiser would use. With E sentinels (`t5forge.vocabularies.num_sentinels`):
 
 For T5's 32000 + 100 extra ids that is 32000..32004; for ByT5's byte
 vocabulary (no extra ids; E = 11, the bytes UTF-8 never uses) it is 248..252.
-All five are reserved for every objective, so a model trained on a mixture of
-UL2, PEGASUS and span corruption never sees one id with two meanings: UL2's
-span denoisers get E - 5 sentinels (`span_sentinel_budget`).
+UL2's and PEGASUS's own noise spans never use them: UL2's span denoisers get
+E - 5 sentinels (`span_sentinel_budget`). T5's objectives (span corruption,
+iid, prefix-LM) keep t5's sentinels, since their output must equal t5's, and
+reach these ids after E - 5 spans: never at T5's 512/114 (at most 26 of the
+100), but ByT5 at 1024/189 makes up to 9 spans of the 11 byte sentinels,
+258..250, so 250..252 mean both a span and [NLG] / <mask_sentence> /
+<mask_word>. That is harmless in a task alone; for a mixture of ByT5 span
+corruption with UL2 or PEGASUS give the byte vocabulary 9 extra ids
+(`byte:9`: sentinels 267..259, reserved ids still 248..252). `span_corruption`
+logs it once when it happens.
 """
 
 from __future__ import annotations
