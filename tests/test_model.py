@@ -1204,7 +1204,8 @@ def test_loss_normalizations_follow_t5x():
         "sum": np.sum(per_token * weights),
         "num_real_target_tokens": np.sum(per_token * weights) / weights.sum(),
         "num_total_target_tokens": np.sum(per_token * weights) / weights.size,
-        "per_sequence": np.sum(np.sum(per_token * weights, -1) / weights.sum(-1)),
+        # t5x's AVERAGE_PER_SEQUENCE: the mean over sequences of each one's mean token loss
+        "per_sequence": np.mean(np.sum(per_token * weights, -1) / weights.sum(-1)),
     }
     for normalization, value in expected.items():
         token_weights, divisor = loss_weights(jnp.asarray(weights), normalization)
@@ -1214,6 +1215,28 @@ def test_loss_normalizations_follow_t5x():
         assert float(loss) == pytest.approx(value, rel=1e-5), normalization
     with pytest.raises(ValueError, match="normalization"):
         loss_weights(jnp.asarray(weights), "per_token")
+
+    # Packed rows: the sequences are the segments (t5x normalises per packed segment), and a
+    # row of padding alone counts for nothing.
+    segments = np.array(
+        [[1, 1, 1, 1, 1, 2], [1, 1, 2, 2, 2, 0], [1, 2, 3, 3, 0, 0], [0, 0, 0, 0, 0, 0]]
+    )
+    packed_weights = (segments > 0).astype(np.float32)
+    packed_weights[0, 2] = 0  # a real position without loss (e.g. a prefix)
+    means = [
+        np.sum(per_token[row] * packed_weights[row] * (segments[row] == seg))
+        / np.sum(packed_weights[row] * (segments[row] == seg))
+        for row in range(4)
+        for seg in set(segments[row]) - {0}
+    ]
+    token_weights, divisor = loss_weights(
+        jnp.asarray(packed_weights), "per_sequence", jnp.asarray(segments)
+    )
+    assert float(divisor) == len(means) == 7
+    loss, _ = loss_and_metrics(
+        logits, targets, packed_weights, token_weights=token_weights, divisor=divisor
+    )
+    assert float(loss) == pytest.approx(np.mean(means), rel=1e-5)
 
 
 def test_remat_gives_same_loss_and_gradients():

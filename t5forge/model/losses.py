@@ -93,15 +93,19 @@ def cross_entropy_with_z_loss(
     return total, z_term
 
 
-def loss_weights(weights: jax.Array, normalization: str) -> tuple[jax.Array, jax.Array]:
+def loss_weights(
+    weights: jax.Array, normalization: str, segment_ids: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Per-token weights and the divisor that realise a t5x loss normalisation.
 
     Computed once on the whole batch, so that microbatches (gradient accumulation) and
     devices add up to exactly the loss of the whole batch.
 
     normalization: "sum" (t5x's default: no division), "num_real_target_tokens",
-    "num_total_target_tokens", or "per_sequence" (every sequence's mean loss, summed, as
-    t5x's AVERAGE_PER_SEQUENCE).
+    "num_total_target_tokens", or "per_sequence" (t5x's AVERAGE_PER_SEQUENCE: each
+    sequence's mean loss over its real target tokens, averaged over the sequences that have
+    any). segment_ids: (batch, length) decoder segment ids of a packed batch, whose
+    sequences are its segments (id 0 is padding); None for one sequence per row.
     """
     weights = weights.astype(jnp.float32)
     if normalization == "sum":
@@ -111,8 +115,17 @@ def loss_weights(weights: jax.Array, normalization: str) -> tuple[jax.Array, jax
     if normalization == "num_total_target_tokens":
         return weights, jnp.float32(weights.size)
     if normalization == "per_sequence":
-        per_row = jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1.0)
-        return weights / per_row, jnp.float32(1.0)
+        if segment_ids is None:
+            per_sequence = jnp.sum(weights, axis=-1, keepdims=True)
+        else:
+            # Each token's segment total: a (length, length) same-segment matrix per row,
+            # small at target lengths.
+            same = segment_ids[..., :, None] == segment_ids[..., None, :]
+            per_sequence = jnp.einsum("bqk,bk->bq", same.astype(jnp.float32), weights)
+        token_weights = jnp.where(per_sequence > 0, weights / jnp.maximum(per_sequence, 1e-30), 0)
+        # Every sequence with a real token contributes weights summing to 1: the divisor
+        # counts them, as t5x's sum of the normalised weights does.
+        return token_weights, jnp.maximum(jnp.sum(token_weights), 1.0)
     raise ValueError(f"unknown loss normalization {normalization!r} (one of {NORMALIZATIONS})")
 
 

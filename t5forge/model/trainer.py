@@ -143,7 +143,9 @@ def make_train_step(
     def train_step(state: TrainState, batch):
         batch = dict(batch)
         batch["token_weights"], divisor = loss_weights(
-            batch["decoder_loss_weights"], config.normalization
+            batch["decoder_loss_weights"],
+            config.normalization,
+            batch.get("decoder_segment_ids"),
         )
         key = jax.random.fold_in(base_key, state.step)
         if config.grad_accum == 1:
