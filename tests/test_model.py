@@ -293,6 +293,12 @@ FLOPS_CASES = [
         "byt5-small",
         {"dtype": "float32", "vocab_size": 512, "num_encoder_layers": 3, "num_decoder_layers": 1},
     ),
+    # talking heads: the (heads, heads) mixes before and after the softmax are matmuls too
+    (
+        "th-base-2+2",
+        "t5.1.th-base",
+        {"dtype": "float32", "vocab_size": 512, "num_encoder_layers": 2, "num_decoder_layers": 2},
+    ),
     (
         "n4w10-shrunk",
         "t5.1.n4w10-base",

@@ -360,22 +360,28 @@ def forward_flops(config: T5Config, inputs_length: int, targets_length: int) -> 
     2 FLOPs per weight per token for every projection (the encoder on the inputs; the decoder's
     self-attention, cross-attention queries/outputs, MLP and classifier on the targets; the
     cross-attention keys/values on the encoder output), plus 4 * q * k * heads * d_kv per
-    attention for scores and weighted values. Causal attention is counted in full, as is usual
-    for MFU. Norms, softmax and activations are left out.
+    attention for scores and weighted values, and with talking heads 4 * q * k * heads^2 for
+    the (heads, heads) mixes before and after the softmax. Causal attention is counted in
+    full, as is usual for MFU. Norms, softmax and activations are left out.
     """
     d, k = config.d_model, config.d_kv
     li, lt = inputs_length, targets_length
+
+    def attention(q_len: int, k_len: int, heads: int) -> float:
+        mixes = heads if config.talking_heads else 0
+        return 4 * q_len * k_len * heads * (k + mixes)
+
     flops = 0.0
     for i in range(config.num_encoder_layers):
         h = config.heads(i)
         flops += 2 * li * (_attention_params(d, h, k) + _mlp_params(config, i))
-        flops += 4 * li * li * h * k
+        flops += attention(li, li, h)
     for i in range(config.num_decoder_layers):
         h = config.heads(i)
         proj = 4 * d * h * k
         flops += 2 * lt * (proj + proj // 2 + _mlp_params(config, i))  # self + cross q,o
         flops += 2 * li * (proj // 2)  # cross-attention keys and values
-        flops += 4 * lt * lt * h * k + 4 * lt * li * h * k
+        flops += attention(lt, lt, h) + attention(lt, li, h)
     flops += 2 * lt * d * config.vocab_size
     return flops
 
