@@ -632,9 +632,10 @@ def _run_inspect(args, extra: list[str]) -> int:
 def _run_export(args, extra: list[str]) -> int:
     from t5forge.model import commands
     from t5forge.pipelines import export
+    from t5forge.sequence_lengths import parse_sequence_length
 
     _no_extra_args(extra)
-    lengths = export.parse_sequence_length(args.sequence_length)
+    lengths = parse_sequence_length(args.sequence_length)
     names = commands.register_tasks(args)
     if names:
         print(

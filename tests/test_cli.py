@@ -31,6 +31,19 @@ def test_help_imports_nothing_heavy():
     assert "build-c4" in help_text and "report" in help_text
 
 
+def test_model_info_needs_neither_tensorflow_nor_jax():
+    # It is the arithmetic of the configs, for machines with any subset of the dependencies.
+    code = (
+        "import sys, t5forge.cli as c\n"
+        "assert c.main(['model-info', 't5.1.1-base', '--sequence-length', "
+        "'inputs=512,targets=114']) == 0\n"
+        "print([m for m in ('tensorflow', 'seqio', 'jax', 'apache_beam') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "247,577,856" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_demo_build(tmp_path):
     """`t5forge build-c4` with no input builds the demo corpus and its report."""
     result = run(["build-c4", "--workers", "2"], tmp_path)

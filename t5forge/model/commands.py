@@ -258,7 +258,7 @@ def build_data(args, process_index: int = 0, process_count: int = 1):
             arrays, args.batch_size, seed=args.seed, name=args.data, **common
         )
     else:
-        from t5forge.pipelines.export import parse_sequence_length
+        from t5forge.sequence_lengths import parse_sequence_length
 
         register_tasks(args)
         lengths = parse_sequence_length(args.sequence_length)
@@ -416,7 +416,7 @@ def run_model_info(args, extra: list[str]) -> int:
     if extra:
         raise ValueError(f"unknown arguments: {' '.join(extra)}")
     from t5forge.model.config import available_configs, describe, get_config
-    from t5forge.pipelines.export import parse_sequence_length
+    from t5forge.sequence_lengths import parse_sequence_length
 
     if args.list or not args.name:
         for name in available_configs():

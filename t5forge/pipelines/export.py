@@ -48,17 +48,6 @@ def feature_converter(kind: str, pack: bool, packer: str = "fast"):
     return FastPacking(pack=True)
 
 
-def parse_sequence_length(text: str) -> dict[str, int]:
-    """ "inputs=512,targets=114" -> {"inputs": 512, "targets": 114} (errors quote the text)."""
-    lengths = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep or not value.strip().isdigit() or int(value) <= 0:
-            raise ValueError(f"--sequence-length {text!r}: expected name=positive integer pairs")
-        lengths[name.strip()] = int(value)
-    return lengths
-
-
 def converted_dataset(
     task: str,
     sequence_length: dict[str, int],
