@@ -584,6 +584,23 @@ def test_two_host_training_matches_one_host(tmp_path, span_arrays, host_init):
     assert len(run_info["devices"]) == 2
 
 
+def test_import_hf_names_a_missing_local_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["import-hf", str(tmp_path / "no" / "such")]) == 2
+    assert "no such checkpoint directory" in capsys.readouterr().err
+    # A relative name shaped like owner/name is a hub id; its failure says both things.
+    from t5forge.model import hf_checkpoint
+
+    def offline(repo_id, *args, **kwargs):
+        raise hf_checkpoint.CheckpointError(f"https://hub/{repo_id}/config.json: unreachable")
+
+    monkeypatch.setattr(hf_checkpoint, "download_hf_checkpoint", offline)
+    assert cli(["import-hf", "missing/dir"]) == 2
+    err = capsys.readouterr().err
+    assert "missing/dir: no such local directory, and fetching it as a hub repository" in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_import_hf_prints_a_train_command_that_continues_the_checkpoint(tmp_path, capsys):
     import shlex
 

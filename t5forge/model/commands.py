@@ -449,8 +449,18 @@ def run_import_hf(args, extra: list[str]) -> int:
 
     source = args.source
     if not os.path.exists(source):
+        if not hf_checkpoint.is_hub_repo_id(source):
+            raise FileNotFoundError(
+                f"{source}: no such checkpoint directory (nor a hub repository id owner/name)"
+            )
         target = args.download_dir or os.path.join("hf-checkpoints", source.replace("/", "--"))
-        hf_checkpoint.download_hf_checkpoint(source, target, revision=args.revision)
+        try:
+            hf_checkpoint.download_hf_checkpoint(source, target, revision=args.revision)
+        except (OSError, hf_checkpoint.CheckpointError) as e:
+            raise hf_checkpoint.CheckpointError(
+                f"{source}: no such local directory, and fetching it as a hub repository "
+                f"failed: {e}"
+            ) from e
         source = target
     config, params = hf_checkpoint.load_hf_checkpoint(source)
     info = describe(config)

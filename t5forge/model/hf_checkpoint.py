@@ -1347,6 +1347,11 @@ def _fetch(
         raise CheckpointError(f"{url}: download incomplete ({done} of {total} bytes)")
 
 
+def is_hub_repo_id(text: str) -> bool:
+    """Whether `text` has the shape of a hub repository id ("name" or "owner/name")."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?", text))
+
+
 def download_hf_checkpoint(
     repo_id: str,
     directory: str,
@@ -1369,7 +1374,7 @@ def download_hf_checkpoint(
     failure leaves nothing behind. `progress(file_name, bytes_done, total_or_None)` is
     called as data arrives. Returns the directory's path.
     """
-    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?", repo_id):
+    if not is_hub_repo_id(repo_id):
         raise ValueError(f"{repo_id!r} is not a hub repository id (owner/name)")
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and not overwrite:
