@@ -327,17 +327,27 @@ def test_mc4_language_validation_reads_its_files(mc4_dir):
     assert texts == [p["text"] for p in _pages()[34:36]]
 
 
-def test_bad_json_line_names_the_file(tmp_path):
-    import tensorflow as tf
+def test_bad_json_lines_are_skipped_and_counted(tmp_path, caplog):
+    from t5forge.pipelines import tasks
 
     path = tmp_path / "c4-train.00000-of-00001.json.gz"
+    lines = [
+        json.dumps({"text": "fine"}),
+        "",
+        '{"url": "no text"}',
+        '{"text": "cut off',
+        json.dumps({"text": 7}),
+        json.dumps({"text": "also fine"}),
+    ]
     with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.write(json.dumps({"text": "fine"}) + "\n\n" + '{"url": "no text"}\n')
-    ds = pipelines.corpus_source(str(tmp_path)).get_dataset("train", shuffle=False)
-    it = ds.as_numpy_iterator()
-    assert next(it)["text"] == b"fine"
-    with pytest.raises(tf.errors.InvalidArgumentError, match="c4-train.00000-of-00001.json.gz"):
-        next(it)
+        f.write("\n".join(lines) + "\n")
+    source = pipelines.corpus_source(str(tmp_path))
+    for _ in range(2):  # a second pass over the file does not count its lines again
+        examples = source.get_dataset("train", shuffle=False).as_numpy_iterator()
+        texts = [ex["text"] for ex in examples]
+        assert texts == [b"fine", b"also fine"]
+    assert tasks.malformed_line_counts()[str(path)] == 3
+    assert str(path) in caplog.text and "further ones in this file are counted" in caplog.text
 
 
 def test_mt5_style_pipeline_with_a_vocabulary_from_train_spm(mc4_dir, tmp_path):

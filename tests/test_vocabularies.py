@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -188,6 +189,47 @@ def test_bad_inputs(spm_model, corpus, tmp_path):
     tokenize.tokenize_corpus("byte", [str(corpus)], str(out), progress=False)
     with pytest.raises(ValueError, match="not the vocabulary"):
         tokenize.decode_corpus(spm_model, str(out), str(tmp_path / "d"))
+
+
+def test_damage_inside_a_file_is_counted_and_skipped(tmp_path):
+    """A long job skips a bad line, or the broken rest of a file, and counts it; without a
+    counter, or when a file has no good record at all, damage is an error naming the file."""
+    import collections
+
+    good = [json.dumps({"text": f"document {i}"}) for i in range(6)]
+    lines = [good[0], '{"text": "cut off', good[1], b"\xff\xfe".decode("latin-1"), good[2]]
+    jsonl = tmp_path / "c4-train.00000-of-00002.json.gz"
+    jsonl.write_bytes(gzip.compress("\n".join(lines).encode("utf-8") + b"\n", mtime=0))
+    with pytest.raises(records.CorpusError, match=rf"{re.escape(str(jsonl))}:2: not a JSON"):
+        list(records.iter_documents(str(jsonl)))
+    damage = collections.Counter()
+    docs = list(records.iter_documents(str(jsonl), damage=damage))
+    assert docs == ["document 0", "document 1", "document 2"]
+    assert damage == {"corrupt:malformed_line": 2}
+
+    # A gzip stream that breaks after good lines: what came before is kept.
+    whole = gzip.compress(("\n".join(good) + "\n").encode("utf-8") * 400, mtime=0)
+    cut = tmp_path / "c4-train.00001-of-00002.json.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    damage = collections.Counter()
+    docs = list(records.iter_documents(str(cut), damage=damage))
+    assert 0 < len(docs) < 2400 and docs[:6] == [f"document {i}" for i in range(6)]
+    assert damage == {"corrupt:rest_of_file": 1}
+    with pytest.raises(records.CorpusError, match="corrupt gzip"):
+        list(records.iter_documents(str(cut)))
+
+    # Nothing good at all: the wrong input, not a damaged corpus.
+    wrong = tmp_path / "notes.jsonl"
+    wrong.write_text("plain text\nmore plain text\n")
+    with pytest.raises(records.CorpusError, match="no line is a JSON object"):
+        list(records.iter_documents(str(wrong), damage=collections.Counter()))
+
+    # tokenize counts it in its manifest and keeps the rest.
+    manifest = tokenize.tokenize_corpus(
+        "byte", [str(jsonl)], str(tmp_path / "tokens"), progress=False
+    )
+    assert manifest["documents"] == 3
+    assert manifest["damaged_records_skipped"] == {"corrupt:malformed_line": 2}
 
 
 def test_tfrecord_corpus_without_tensorflow(tmp_path):

@@ -20,10 +20,13 @@ stats.json (mT5's temperature sampling by default, or UniMax).
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
+import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +36,8 @@ import tensorflow as tf
 from t5forge import mixing, preprocessors
 from t5forge.vocabularies import get_vocabulary
 from t5forge.vocabularies.records import CorpusError
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
 OBJECTIVES = ("span_corruption", "iid_denoising", "prefix_lm", "full_lm", "pegasus_gsg", "ul2")
@@ -58,16 +63,43 @@ _TASK_NAME_RE = re.compile(r"^[\w.:#]+$")
 # ----------------------------------------------------------------------------
 
 
-def _parse_json_text(line, filename) -> bytes:
-    """The UTF-8 "text" field of one JSON line (runs in Python via numpy_function)."""
+# JSON lines that did not parse, per corpus file: counted and skipped (a damaged record must
+# not end a long job, nor vanish unnoticed); `malformed_line_counts` reports them. Kept as
+# distinct lines, since a pipeline may read a file more than once (epochs, re-iteration).
+_malformed_lines: dict[str, set[bytes]] = collections.defaultdict(set)
+_malformed_lock = threading.Lock()
+
+
+def malformed_line_counts() -> dict[str, int]:
+    """Corpus files and how many distinct JSON lines of theirs this process skipped."""
+    with _malformed_lock:
+        return {name: len(lines) for name, lines in _malformed_lines.items()}
+
+
+def _parse_json_text(line, filename) -> tuple[bytes, bool]:
+    """(UTF-8 "text" field, True) of one JSON line, or (b"", False) for a malformed one,
+    which is counted and logged (once per file). Runs in Python via numpy_function."""
     try:
-        return json.loads(line)["text"].encode("utf-8")
+        text = json.loads(line)["text"]
+        if isinstance(text, str):
+            return text.encode("utf-8"), True
+        error = f"'text' is a {type(text).__name__}"
     except (ValueError, KeyError, TypeError, AttributeError) as e:
+        error = f"{type(e).__name__}: {e}"
+    name = bytes(filename).decode("utf-8", "replace")
+    with _malformed_lock:
+        first = not _malformed_lines[name]
+        _malformed_lines[name].add(bytes(line))
+    if first:
         shown = bytes(line)[:80].decode("utf-8", "replace")
-        raise ValueError(
-            f"{bytes(filename).decode('utf-8', 'replace')}: a line is not JSON with a string "
-            f"'text' ({type(e).__name__}: {e}): {shown!r}"
-        ) from e
+        logger.warning(
+            "%s: skipping a line that is not JSON with a string 'text' (%s): %r; further ones "
+            "in this file are counted",
+            name,
+            error,
+            shown,
+        )
+    return b"", False
 
 
 def _read_jsonl_file(filename: tf.Tensor) -> tf.data.Dataset:
@@ -77,11 +109,15 @@ def _read_jsonl_file(filename: tf.Tensor) -> tf.data.Dataset:
     lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
 
     def parse(line):
-        text = tf.numpy_function(_parse_json_text, [line, filename], tf.string, stateful=False)
+        text, ok = tf.numpy_function(
+            _parse_json_text, [line, filename], (tf.string, tf.bool), stateful=False
+        )
         text.set_shape([])
-        return {"text": text}
+        ok.set_shape([])
+        return {"text": text}, ok
 
-    return lines.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    parsed = lines.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return parsed.filter(lambda example, ok: ok).map(lambda example, ok: example)
 
 
 class JsonLinesDataSource(seqio.FileDataSource):

@@ -3,20 +3,26 @@
 Understands what `build-c4` / `build-mc4` write (TFRecord files of tf.Example
 with a "text" feature; gzipped JSON lines with a "text" field) and plain text
 (UTF-8, one document per line). A directory means every corpus file under it.
-Damaged input raises `CorpusError` naming the file, never yields garbage.
+Damaged input raises `CorpusError` naming the file, never yields garbage; or, for long
+jobs, is counted and skipped (`iter_documents(..., damage=Counter())`).
 """
 
 from __future__ import annotations
 
+import collections
 import gzip
-import io
 import json
+import logging
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import google_crc32c
+
+logger = logging.getLogger(__name__)
 
 
 class CorpusError(ValueError):
@@ -134,17 +140,63 @@ def file_format(path: str) -> str:
     return "text"
 
 
-def _open_text(path: str):
+def _open_binary(path: str):
     raw = open(path, "rb")
     if raw.read(2) == b"\x1f\x8b":
         raw.seek(0)
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")
+        return gzip.GzipFile(fileobj=raw)
     raw.seek(0)
-    return io.TextIOWrapper(raw, encoding="utf-8")
+    return raw
 
 
-def iter_documents(path: str, field: str = "text") -> Iterator[str]:
-    """The documents of one corpus file, in file order."""
+def iter_documents(
+    path: str, field: str = "text", damage: collections.Counter | None = None
+) -> Iterator[str]:
+    """The documents of one corpus file, in file order.
+
+    Without `damage`, any damage raises `CorpusError`. With a Counter, damage inside a
+    file that has yielded good documents is counted and skipped, as a long job must:
+    a JSON line that does not parse ("corrupt:malformed_line", the next line is read),
+    and a stream that breaks (bad gzip data, a broken TFRecord; "corrupt:rest_of_file",
+    the file ends there). A file whose every record is bad is not a damaged corpus file
+    but the wrong input, and still raises.
+    """
+    good = 0
+    bad_lines = 0
+    try:
+        for document in _documents(path, field):
+            if isinstance(document, _BadLine):
+                if damage is None:
+                    raise CorpusError(
+                        f"{path}:{document.number}: not a JSON object with {field!r}"
+                    )
+                bad_lines += 1
+                continue
+            good += 1
+            yield document
+    except CorpusError as e:
+        if damage is None or not good:
+            raise
+        damage["corrupt:rest_of_file"] += 1
+        logger.warning("%s: skipping the rest of the file: %s", path, e)
+    if bad_lines:
+        if not good:
+            raise CorpusError(f"{path}: no line is a JSON object with {field!r}")
+        damage["corrupt:malformed_line"] += bad_lines
+        logger.warning("%s: skipped %d line(s) that are not JSON with %r", path, bad_lines, field)
+
+
+class _BadLine(NamedTuple):
+    """A JSON line that does not parse (1-based line number)."""
+
+    number: int
+
+
+_LINE_BREAK = re.compile("\r\n|\r|\n")  # what a universal-newline text reader splits on
+
+
+def _documents(path: str, field: str) -> Iterator[str | _BadLine]:
+    """The documents of one corpus file, and a `_BadLine` for a JSON line that does not parse."""
     kind = file_format(path)
     try:
         if kind == "tfrecord":
@@ -154,21 +206,27 @@ def iter_documents(path: str, field: str = "text") -> Iterator[str]:
                     raise CorpusError(f"{path}: a record has no {field!r} feature")
                 yield value.decode("utf-8")
             return
-        with _open_text(path) as f:
-            for number, line in enumerate(f, 1):
+        with _open_binary(path) as f:
+            for number, raw_line in enumerate(f, 1):
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    if kind == "jsonl":
+                        yield _BadLine(number)
+                        continue
+                    raise CorpusError(
+                        f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start})"
+                    ) from e
                 if kind == "jsonl":
                     if not line.strip():
                         continue
                     try:
-                        yield json.loads(line)[field]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise CorpusError(
-                            f"{path}:{number}: not a JSON object with {field!r}"
-                        ) from e
+                        document = json.loads(line)[field]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        document = None
+                    yield document if isinstance(document, str) else _BadLine(number)
                 else:
-                    line = line.rstrip("\n")
-                    if line:
-                        yield line
+                    yield from filter(None, _LINE_BREAK.split(line))
     except UnicodeDecodeError as e:
         raise CorpusError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:

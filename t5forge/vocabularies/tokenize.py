@@ -14,6 +14,7 @@ Python lists under the GIL and scaled to only ~1.1x on 2 cores.)
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -30,12 +31,15 @@ from t5forge.vocabularies.tokenizer import Tokenizer
 BATCH_CHARS = 1 << 20  # text per task: large enough to amortise IPC, small enough to balance
 
 
-def _batches(paths: list[str], batch_chars: int) -> Iterator[tuple[int, list[str]]]:
-    """(input index, documents) batches, in order, never mixing two inputs."""
+def _batches(
+    paths: list[str], batch_chars: int, damage: collections.Counter
+) -> Iterator[tuple[int, list[str]]]:
+    """(input index, documents) batches, in order, never mixing two inputs; damaged records
+    are counted in `damage` and skipped."""
     for index, path in enumerate(paths):
         batch: list[str] = []
         size = 0
-        for document in records.iter_documents(path):
+        for document in records.iter_documents(path, damage=damage):
             batch.append(document)
             size += len(document)
             if size >= batch_chars:
@@ -64,9 +68,10 @@ def _encode_batch(task: tuple[int, list[str], str]) -> tuple[int, np.ndarray, np
     return index, flat, lengths, sum(len(d.encode("utf-8")) for d in documents)
 
 
-def _encoded_batches(vocab: str, paths: list[str], dtype, workers: int, batch_chars: int):
+def _encoded_batches(vocab: str, paths: list[str], dtype, workers: int, batch_chars: int, damage):
     """Encoded batches in input order, from `workers` processes (or this one)."""
-    tasks = ((index, batch, np.dtype(dtype).name) for index, batch in _batches(paths, batch_chars))
+    batches = _batches(paths, batch_chars, damage)
+    tasks = ((index, batch, np.dtype(dtype).name) for index, batch in batches)
     if workers <= 1:
         # Read ahead in a thread: SentencePiece releases the GIL part of the time.
         _init_worker(vocab)
@@ -115,7 +120,10 @@ def tokenize_corpus(
     tmp = _prepare_output(output, overwrite)
     started = time.time()
     try:
-        manifest_shards = _encode_all(tokenizer, paths, tmp, dtype, workers, batch_chars, progress)
+        damage: collections.Counter = collections.Counter()
+        manifest_shards = _encode_all(
+            tokenizer, paths, tmp, dtype, workers, batch_chars, progress, damage
+        )
         seconds = time.time() - started
         manifest = {
             "format": shards.FORMAT,
@@ -127,6 +135,7 @@ def tokenize_corpus(
             "tokens": sum(s["tokens"] for s in manifest_shards),
             "text_bytes": sum(s["text_bytes"] for s in manifest_shards),
             "shards": manifest_shards,
+            "damaged_records_skipped": dict(sorted(damage.items())),
         }
         with open(os.path.join(tmp, shards.MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
@@ -140,7 +149,7 @@ def tokenize_corpus(
     return manifest
 
 
-def _encode_all(tokenizer, paths, tmp, dtype, workers, batch_chars, progress):
+def _encode_all(tokenizer, paths, tmp, dtype, workers, batch_chars, progress, damage):
     from tqdm import tqdm
 
     bar = tqdm(total=len(paths), unit="file", desc="tokenize", disable=not progress)
@@ -174,7 +183,7 @@ def _encode_all(tokenizer, paths, tmp, dtype, workers, batch_chars, progress):
 
     spec = str(tokenizer.spec)
     for index, flat, doc_lengths, size in _encoded_batches(
-        spec, paths, dtype, workers, batch_chars
+        spec, paths, dtype, workers, batch_chars, damage
     ):
         while current < index:
             flush()

@@ -17,6 +17,7 @@ writes into the model's trainer_spec are cleared afterwards.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -155,10 +156,13 @@ def plan_sources(inputs: list[str], sample_sentences: int, temperature: float) -
     ]
 
 
-def iter_sentences(files: Iterable[str]) -> Iterator[str]:
-    """The non-empty lines (stripped) of every document of `files`, in order."""
+def iter_sentences(
+    files: Iterable[str], damage: collections.Counter | None = None
+) -> Iterator[str]:
+    """The non-empty lines (stripped) of every document of `files`, in order; damaged records
+    are counted in `damage` and skipped (`records.iter_documents`)."""
     for path in files:
-        for document in iter_documents(path):
+        for document in iter_documents(path, damage=damage):
             for line in document.split("\n"):
                 line = line.strip()
                 if line:
@@ -180,7 +184,11 @@ def reservoir_sample(items: Iterable[str], k: int, rng: random.Random) -> tuple[
 
 
 def sample_corpus(
-    inputs: list[str], sample_sentences: int, seed: int = 0, temperature: float = 1 / 0.3
+    inputs: list[str],
+    sample_sentences: int,
+    seed: int = 0,
+    temperature: float = 1 / 0.3,
+    damage: collections.Counter | None = None,
 ) -> tuple[list[str], list[Source]]:
     """The sentences to train on and, per source, its quota and counts.
 
@@ -195,7 +203,8 @@ def sample_corpus(
     for source in sources:
         if source.quota <= 0:
             continue
-        kept, source.seen = reservoir_sample(iter_sentences(source.files), source.quota, rng)
+        sentences_of_source = iter_sentences(source.files, damage)
+        kept, source.seen = reservoir_sample(sentences_of_source, source.quota, rng)
         source.sampled = len(kept)
         sentences.extend(kept)
     if not sentences:
@@ -384,7 +393,8 @@ def train_sentencepiece(
     targets = output_paths(output_prefix)
     if not overwrite:
         _check_free(targets)
-    sentences, sources = sample_corpus(inputs, sample_sentences, seed, temperature)
+    damage: collections.Counter = collections.Counter()
+    sentences, sources = sample_corpus(inputs, sample_sentences, seed, temperature, damage)
     trainer_args = trainer_arguments(vocab_size, model_type, character_coverage, byte_fallback)
 
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
@@ -402,6 +412,7 @@ def train_sentencepiece(
                 "sample_sentences": sample_sentences,
                 "sentences_seen": sum(s.seen for s in sources),
                 "sentences_sampled": len(sentences),
+                "damaged_records_skipped": dict(sorted(damage.items())),
                 "temperature": temperature,
                 "languages": _source_report(sources),
                 "extra_ids": extra_ids,
