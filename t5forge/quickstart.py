@@ -16,6 +16,8 @@ import time
 
 LENGTHS = {"inputs": 128, "targets": 29}  # random_spans_helper(128, 0.15, 3) -> 29 targets
 HELD_OUT = 0.1
+# SentencePiece needs room for the demo text's characters and T5's special pieces.
+MIN_VOCAB_SIZE = 500
 
 
 def _round_up(n: int, multiple: int = 128) -> int:
@@ -31,14 +33,30 @@ def quickstart(
     overwrite: bool = False,
     log=print,
 ) -> dict:
-    """Runs the five stages into `output`; returns the training summary."""
-    from t5forge.cli import main as cli
+    """Runs the five stages into `output`; returns the training summary.
 
+    A stage that fails (or an interrupt) removes `output` again: nothing half-made is left.
+    """
+    for flag, value in (("--steps", steps), ("--batch-size", batch_size)):
+        if value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, got {vocab_size}")
     if os.path.exists(output):
         if not overwrite:
             raise FileExistsError(f"--output {output} exists; pass --overwrite to start over")
         shutil.rmtree(output)
     os.makedirs(output)
+    try:
+        return _run_stages(output, steps, batch_size, vocab_size, log)
+    except BaseException:
+        shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _run_stages(output: str, steps: int, batch_size: int, vocab_size: int, log) -> dict:
+    from t5forge.cli import main as cli
+
     started = time.perf_counter()
     corpus = os.path.join(output, "corpus")
     spm_prefix = os.path.join(output, "vocab", "demo_spm")
@@ -46,11 +64,11 @@ def quickstart(
 
     log(f"[1/5] building the demo C4 corpus into {corpus}")
     if cli(["build-c4", "--output", corpus, "--format", "jsonl"]) != 0:
-        raise RuntimeError("build-c4 failed")
+        raise ValueError("build-c4 failed (its error is above)")
     log(f"[2/5] training a {vocab_size}-piece SentencePiece model")
     args = ["train-spm", "--input", corpus, "--output", spm_prefix]
     if cli(args + ["--vocab-size", str(vocab_size)]) != 0:
-        raise RuntimeError("train-spm failed")
+        raise ValueError("train-spm failed (its error is above)")
 
     log("[3/5] registering the corpus tasks and reading span corruption (inputs 128)")
     from t5forge.model.data import ArrayBatches, hold_out, task_arrays

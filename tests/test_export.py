@@ -143,6 +143,23 @@ def test_export_errors(corpus, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
 
 
+def test_lengths_and_split_are_checked_against_the_task(corpus, tmp_path):
+    from t5forge.pipelines import export, register_corpus_tasks
+
+    register_corpus_tasks("chk", corpus, SPM, replace=True)
+    with pytest.raises(ValueError, match="chk_span_corruption needs a length for targets"):
+        export.export_task("chk_span_corruption", str(tmp_path / "a"), {"inputs": 64}, 2)
+    with pytest.raises(ValueError, match="--split nosuch: chk_span_corruption has splits train"):
+        export.export_task(
+            "chk_span_corruption",
+            str(tmp_path / "a"),
+            {"inputs": 64, "targets": 16},
+            2,
+            split="nosuch",
+        )
+    assert os.listdir(tmp_path) == []
+
+
 def test_fast_packer_export_equals_seqio_packer(corpus, tmp_path):
     """Prefix-LM at 128/128 merges examples per row; both packers give the same arrays."""
     from t5forge.pipelines import register_corpus_tasks

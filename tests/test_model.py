@@ -1360,6 +1360,18 @@ def test_get_config_errors():
         get_config("t5.1.1-tiny", attention_impl="flash")
     with pytest.raises(ValueError, match="remat"):
         get_config("t5.1.1-tiny", remat="some")
+    # what `--override FIELD=VALUE` can hand over: text, negative or zero sizes, bad dtypes
+    for field, value in (
+        ("num_heads", "abc"),
+        ("vocab_size", -5),
+        ("d_model", 0),
+        ("num_heads", True),
+        ("dropout_rate", 1.5),
+        ("dtype", "float99"),
+        ("layer_d_ff", (0, 8)),
+    ):
+        with pytest.raises(ValueError, match=field):
+            get_config("t5.1.1-tiny", **{field: value})
 
 
 @pytest.mark.parametrize(

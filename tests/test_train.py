@@ -460,6 +460,10 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
         (bad, [], "missing features"),
         (bad, ["--model", "t5.9-huge"], "unknown model config"),
         (good, ["--model", "t5.1.1-tiny", "--mesh", "data=3,pipeline=2"], "--mesh"),
+        (good, ["--model", "t5.1.1-tiny", "--override", "num_heads=abc"], "num_heads"),
+        (good, ["--model", "t5.1.1-tiny", "--learning-rate", "-1"], "--learning-rate"),
+        (good, ["--model", "t5.1.1-tiny", "--log-every", "0"], "--log-every"),
+        (good, ["--model", "t5.1.1-tiny", "--batch-size", "0"], "--batch-size"),
     ]
     for data, extra, message in cases:
         output = tmp_path / "o"
@@ -477,6 +481,30 @@ def test_model_info_prints_the_published_parameter_count(capsys):
     assert cli(["model-info", "t5-efficient-tiny-nl32", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["encoder_layers"] == info["decoder_layers"] == 32 and info["d_kv"] == 64
+
+
+def test_quickstart_refuses_bad_values_and_leaves_nothing_when_a_stage_fails(
+    tmp_path, monkeypatch
+):
+    from t5forge import quickstart as qs
+
+    for kwargs, flag in (
+        ({"steps": 0}, "--steps"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"vocab_size": 50}, "--vocab-size"),
+    ):
+        with pytest.raises(ValueError, match=flag):
+            qs.quickstart(str(tmp_path / "qs"), **kwargs)
+        assert not (tmp_path / "qs").exists()
+
+    def stage_fails(output, *args):
+        os.makedirs(os.path.join(output, "corpus"))
+        raise ValueError("build-c4 failed (its error is above)")
+
+    monkeypatch.setattr(qs, "_run_stages", stage_fails)
+    with pytest.raises(ValueError, match="build-c4 failed"):
+        qs.quickstart(str(tmp_path / "qs"))
+    assert not (tmp_path / "qs").exists()
 
 
 def test_quickstart_runs_the_whole_story(tmp_path):

@@ -19,6 +19,9 @@ PADDING_MODES = ("auto", "mask", "lengths", "features")
 ATTENTION_IMPLS = ("auto", "cudnn", "xla", "plain", "pallas", "pallas_bias")
 
 
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """Shapes and numerics of one T5-family encoder-decoder.
@@ -77,6 +80,7 @@ class T5Config:
     remat: str = "none"
 
     def __post_init__(self) -> None:
+        self._check_types()
         for act in self.activations:
             if act not in ACTIVATIONS:
                 raise ValueError(f"{self.name}: unknown activation {act!r} (known: {ACTIVATIONS})")
@@ -95,6 +99,38 @@ class T5Config:
             raise ValueError(f"{self.name}: remat must be none, full or dots")
         if self.relpos_buckets % 2:
             raise ValueError(f"{self.name}: relpos_buckets must be even")
+
+    def _check_types(self) -> None:
+        """Shapes are positive ints, rates and epsilons numbers, dtypes numpy float names:
+        `--override num_heads=abc` must fail here, naming the field, not deep in JAX."""
+        positive = (
+            "vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers",
+            "num_decoder_layers", "relpos_buckets", "relpos_max_distance",
+        )  # fmt: skip
+        for field in positive:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{self.name}: {field} must be a positive integer, got {value!r}")
+        for field in ("layer_heads", "layer_d_ff"):
+            values = getattr(self, field)
+            if values is not None and not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+            ):
+                raise ValueError(f"{self.name}: {field} must be positive integers, got {values!r}")
+        for field, low, high in (("dropout_rate", 0.0, 1.0), ("layer_norm_epsilon", 0.0, 1.0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{self.name}: {field} must be a number, got {value!r}")
+            if not low <= value < high:
+                raise ValueError(f"{self.name}: {field} must be in [{low}, {high}), got {value}")
+        for field in ("dtype", "param_dtype", "logits_dtype", "classifier_dtype"):
+            value = getattr(self, field)
+            if value is None and field == "classifier_dtype":
+                continue
+            if value not in FLOAT_DTYPES:
+                raise ValueError(
+                    f"{self.name}: {field} must be one of {FLOAT_DTYPES}, got {value!r}"
+                )
 
     def heads(self, layer: int) -> int:
         return self.num_heads if self.layer_heads is None else self.layer_heads[layer]

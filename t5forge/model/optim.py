@@ -50,6 +50,16 @@ class OptimizerConfig:
             raise ValueError(
                 f"--lr-schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"
             )
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
+        for flag, value in (
+            ("--warmup-steps", self.warmup_steps),
+            ("--weight-decay", self.weight_decay),
+            ("--grad-clip", self.grad_clip or 0.0),
+            ("final learning rate", self.final_learning_rate),
+        ):
+            if value < 0:
+                raise ValueError(f"{flag} must not be negative, got {value}")
 
     @property
     def peak_learning_rate(self) -> float:

@@ -74,6 +74,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"--steps must be positive, got {self.steps}")
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--log-every", self.log_every),
+            ("--eval-every", self.eval_every),
+            ("--keep-checkpoints", self.keep_checkpoints),
+        ):
+            if value <= 0:
+                raise ValueError(f"{flag} must be positive, got {value}")
+        for flag, value in (
+            ("--eval-batches", self.eval_batches),
+            ("--checkpoint-every", self.checkpoint_every),
+        ):
+            if value < 0:
+                raise ValueError(f"{flag} must not be negative (0: none), got {value}")
         if self.grad_accum <= 0 or self.batch_size % self.grad_accum:
             raise ValueError(
                 f"--grad-accum {self.grad_accum} must divide --batch-size {self.batch_size}"

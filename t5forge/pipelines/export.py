@@ -67,6 +67,14 @@ def converted_dataset(
         provider = seqio.get_mixture_or_task(task)
     except ValueError as e:
         raise ValueError(f"--task {task}: not a registered seqio task or mixture") from e
+    missing = sorted(set(provider.output_features) - set(sequence_length))
+    if missing:
+        raise ValueError(
+            f"--sequence-length {sequence_length}: {task} needs a length for "
+            f"{', '.join(missing)} too"
+        )
+    if split not in provider.splits:
+        raise ValueError(f"--split {split}: {task} has splits {', '.join(provider.splits)}")
     dataset = provider.get_dataset(
         sequence_length, split=split, shuffle=shuffle, seed=seed, num_epochs=num_epochs
     )
