@@ -115,8 +115,11 @@ def test_resume_after_interruption_reproduces_losses(tmp_path, span_arrays, grou
     overrides = {"vocab_size": VOCAB, "dtype": "float32", "dropout_rate": 0.1}
     optimizer = OptimizerConfig(name="adafactor", group_updates=group_updates)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    config = _config(straight, model_overrides=overrides, optimizer=optimizer)
-    train(config, ArrayBatches(arrays, 8), log=lambda s: 0)
+    # --resume on an empty directory starts from step 0, and says so
+    config = _config(straight, model_overrides=overrides, optimizer=optimizer, resume=True)
+    first_log = []
+    train(config, ArrayBatches(arrays, 8), log=first_log.append)
+    assert any("no checkpoint in" in m and "starting from step 0" in m for m in first_log)
 
     def interrupt(step, metrics):
         if step == 7:

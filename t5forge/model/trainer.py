@@ -539,6 +539,9 @@ def train(
 
     init_start = time.perf_counter()
     resuming = config.resume and checkpoints.latest_step() is not None
+    if config.resume and not resuming:
+        # Scripts that always pass --resume (preemptible jobs) start this way; say so.
+        log(f"--resume: no checkpoint in {checkpoints.directory}; starting from step 0")
     if initial is None and not resuming and _initialise_on_host():
         initial = random_params_on_host(model_config, lengths, config.seed)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
