@@ -55,6 +55,7 @@ def test_export_packed_and_unpacked(corpus, tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         info = json.loads((tmp_path / f"sc-{pack}.json").read_text())
         assert info["examples"] == 24 and info["pack"] is pack
+        assert os.stat(str(out) + ".npz").st_mode & 0o777 == 0o644  # not mkstemp's 0600
         # numpy alone reads it: TensorFlow is made unimportable in the reader.
         code = (
             "import sys; sys.modules['tensorflow'] = None\n"

@@ -217,6 +217,7 @@ def test_export_round_trip(name, loaded, tmp_path):
     config, params = loaded[name]
     out = hf.save_hf_checkpoint(params, config, str(tmp_path / "export"))
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert os.stat(out).st_mode & 0o777 == 0o755  # not mkdtemp's 0700
     config_back, params_back = hf.load_hf_checkpoint(out, name=config.name)
     assert config_back == config
     assert_same_params(params_back, params)

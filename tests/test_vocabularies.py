@@ -170,6 +170,7 @@ def test_one_and_two_workers_identical(spm_model, corpus, tmp_path):
         batch_chars=50_000,
     )
     assert one["shards"] == two["shards"]
+    assert os.stat(tmp_path / "w1").st_mode & 0o777 == 0o755  # not mkdtemp's 0700
     for name in sorted(os.listdir(tmp_path / "w1")):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
 

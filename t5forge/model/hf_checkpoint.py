@@ -1237,7 +1237,9 @@ def _replace_directory(source: str, target: str) -> None:
 def _temporary_sibling(directory: str) -> str:
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    sibling = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    os.chmod(sibling, 0o755)  # mkdtemp makes it private; the checkpoint it becomes is not
+    return sibling
 
 
 def save_hf_checkpoint(

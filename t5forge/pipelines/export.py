@@ -149,6 +149,7 @@ def export_task(
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-export-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes the file private; an export is not
             np.savez(f, **arrays)
         sidecar = output[: -len(".npz")] + ".json"
         with open(sidecar + ".tmp", "w", encoding="utf-8") as f:

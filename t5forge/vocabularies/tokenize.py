@@ -91,7 +91,9 @@ def _prepare_output(output: str, overwrite: bool) -> str:
         raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it")
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=".tmp-tokenize-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=".tmp-tokenize-", dir=parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the output it becomes is not
+    return tmp
 
 
 def _commit_output(tmp: str, output: str) -> None:
