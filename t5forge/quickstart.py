@@ -54,6 +54,14 @@ def quickstart(
         raise
 
 
+def _stage(exit_code: int, command: str) -> None:
+    """Turns a stage's exit code back into what happened: an interrupt or an error."""
+    if exit_code == 130:
+        raise KeyboardInterrupt
+    if exit_code != 0:
+        raise ValueError(f"{command} failed (its error is above)")
+
+
 def _run_stages(output: str, steps: int, batch_size: int, vocab_size: int, log) -> dict:
     from t5forge.cli import main as cli
 
@@ -63,12 +71,10 @@ def _run_stages(output: str, steps: int, batch_size: int, vocab_size: int, log) 
     run_dir = os.path.join(output, "run")
 
     log(f"[1/5] building the demo C4 corpus into {corpus}")
-    if cli(["build-c4", "--output", corpus, "--format", "jsonl"]) != 0:
-        raise ValueError("build-c4 failed (its error is above)")
+    _stage(cli(["build-c4", "--output", corpus, "--format", "jsonl"]), "build-c4")
     log(f"[2/5] training a {vocab_size}-piece SentencePiece model")
     args = ["train-spm", "--input", corpus, "--output", spm_prefix]
-    if cli(args + ["--vocab-size", str(vocab_size)]) != 0:
-        raise ValueError("train-spm failed (its error is above)")
+    _stage(cli(args + ["--vocab-size", str(vocab_size)]), "train-spm")
 
     log("[3/5] registering the corpus tasks and reading span corruption (inputs 128)")
     from t5forge.model.data import ArrayBatches, hold_out, task_arrays

@@ -287,6 +287,26 @@ def test_vocab_too_small(tmp_path, tiny_text):
     assert listing(tmp_path) == ["tiny.txt"]
 
 
+def test_bad_values_name_their_flag(tmp_path, tiny_text):
+    cases = [
+        ({"vocab_size": 0}, "--vocab-size must be positive"),
+        ({"sample_sentences": 0}, "--sample-sentences must be positive"),
+        ({"extra_ids": -1}, "--extra-ids must be not negative"),
+        ({"temperature": 0}, "--temperature must be above 0"),
+        ({"character_coverage": 2.0}, r"--character-coverage must be in \(0, 1\]"),
+    ]
+    for kwargs, message in cases:
+        arguments = {"vocab_size": 100, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            train_sentencepiece([tiny_text], str(tmp_path / "spm"), **arguments)
+    # A directory as --output would write hidden ".model" files into it.
+    (tmp_path / "out").mkdir()
+    for output in (str(tmp_path / "out"), str(tmp_path / "out") + os.sep):
+        with pytest.raises(ValueError, match="a directory; give a file prefix"):
+            train_sentencepiece([tiny_text], output, 100)
+    assert listing(tmp_path) == ["out", "tiny.txt"] and listing(tmp_path / "out") == []
+
+
 def test_unknown_model_type(tmp_path, tiny_text):
     with pytest.raises(ValueError, match="model_type.*'word'"):
         train_sentencepiece([tiny_text], str(tmp_path / "spm"), 100, model_type="word")

@@ -75,6 +75,8 @@ def test_spec_parsing(spm_model, tmp_path):
     assert parse_vocab_spec(str(tmp_path / "own.model")).extra_ids == 42
     with pytest.raises(VocabularyError, match="nope.model"):
         parse_vocab_spec("nope.model")
+    with pytest.raises(VocabularyError, match="'x' after ':' must be a number of extra ids"):
+        parse_vocab_spec(spm_model + ":x")
     (tmp_path / "junk.model").write_bytes(b"\x00\x01 not a model")
     with pytest.raises(VocabularyError, match="junk.model"):
         Tokenizer(str(tmp_path / "junk.model") + ":0")

@@ -1173,7 +1173,10 @@ def load_hf_checkpoint(
     derived = config is None
     if derived:
         if hf_config is None:
-            raise CheckpointError(f"{found.directory}: no {CONFIG_NAME}; pass config=")
+            raise CheckpointError(
+                f"{path}: no {CONFIG_NAME} in {os.path.abspath(found.directory)} to give the "
+                "architecture (give the checkpoint directory, or config= from Python)"
+            )
         name = name or os.path.basename(os.path.abspath(found.directory))
         try:
             config = config_from_hf(hf_config, name=name)
@@ -1268,7 +1271,9 @@ def save_hf_checkpoint(
     """
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory} already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(
+            f"{directory} already exists (--overwrite, or overwrite=True, replaces it)"
+        )
     tensors = hf_tensors_from_params(params, config, dtype)
     hf = config_to_hf(config, base=hf_config, dtype=dtype)
     temporary = _temporary_sibling(directory)
@@ -1380,7 +1385,9 @@ def download_hf_checkpoint(
         raise ValueError(f"{repo_id!r} is not a hub repository id (owner/name)")
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory} already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(
+            f"{directory} already exists (--overwrite, or overwrite=True, replaces it)"
+        )
     token = token if token is not None else os.environ.get("HF_TOKEN")
     base_url = f"{endpoint.rstrip('/')}/{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/"
     where = f"{repo_id}@{revision}"

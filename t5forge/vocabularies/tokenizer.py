@@ -65,6 +65,8 @@ def parse_vocab_spec(spec: str) -> VocabSpec:
             raise VocabularyError(f"--vocab {spec}: extra ids must be a number")
         return VocabSpec("byte", int(extra))
     path, sep, extra = spec.rpartition(":")
+    if sep and not extra.isdigit() and os.path.isfile(path) and not os.path.isfile(spec):
+        raise VocabularyError(f"--vocab {spec}: {extra!r} after ':' must be a number of extra ids")
     if not sep or not extra.isdigit():
         path, extra = spec, None
     if not os.path.isfile(path):

@@ -291,7 +291,9 @@ def _strip_temporary_paths(model_path: str) -> str:
 def _check_free(paths: list[str]) -> None:
     for path in paths:
         if os.path.exists(path):
-            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+            raise FileExistsError(
+                f"{path} already exists (--overwrite, or overwrite=True, replaces it)"
+            )
 
 
 def _publish(sources: list[str], targets: list[str], overwrite: bool) -> None:
@@ -358,11 +360,14 @@ def _check_arguments(
         raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, not {model_type!r}")
     if not inputs:
         raise ValueError("no inputs given")
-    if vocab_size < 1 or extra_ids < 0 or sample_sentences < 1 or temperature <= 0:
-        raise ValueError(
-            "vocab_size and sample_sentences must be positive, extra_ids not negative "
-            "and temperature above 0"
-        )
+    for flag, value, ok, needs in (
+        ("--vocab-size", vocab_size, vocab_size >= 1, "positive"),
+        ("--sample-sentences", sample_sentences, sample_sentences >= 1, "positive"),
+        ("--extra-ids", extra_ids, extra_ids >= 0, "not negative"),
+        ("--temperature", temperature, temperature > 0, "above 0"),
+    ):
+        if not ok:
+            raise ValueError(f"{flag} must be {needs}, got {value}")
 
 
 def train_sentencepiece(
@@ -390,6 +395,13 @@ def train_sentencepiece(
         inputs = [inputs]
     inputs = list(inputs)
     _check_arguments(inputs, vocab_size, model_type, extra_ids, sample_sentences, temperature)
+    if character_coverage is not None and not 0 < character_coverage <= 1:
+        raise ValueError(f"--character-coverage must be in (0, 1], got {character_coverage}")
+    if not os.path.basename(output_prefix) or os.path.isdir(output_prefix):
+        raise ValueError(
+            f"--output {output_prefix}: a directory; give a file prefix such as "
+            f"{os.path.join(output_prefix, 'spm')} (writes .model, .vocab, .settings.json)"
+        )
     targets = output_paths(output_prefix)
     if not overwrite:
         _check_free(targets)
