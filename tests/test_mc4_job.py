@@ -222,3 +222,21 @@ def test_cld3_after_tensorflow_in_one_process():
 def test_bad_language_code():
     with pytest.raises(ValueError, match="xx"):
         mc4.MC4Config(languages=("de", "xx"))
+
+
+@pytest.mark.parametrize(
+    "settings, flag",
+    [
+        ((0, None, 1.0), "--temperature 0"),
+        ((-1, None, 1.0), "--temperature -1"),
+        ((float("nan"), None, 1.0), "--temperature nan"),
+        ((3.3, None, 0), "--unimax-max-epochs 0"),
+        ((3.3, -5, 1.0), "--unimax-budget-bytes -5"),
+        ((3.3, 0, 1.0), "--unimax-budget-bytes 0"),
+    ],
+)
+def test_impossible_mixing_settings_are_rejected_before_the_job(settings, flag):
+    with pytest.raises(ValueError, match=flag):
+        mc4.check_mixing_settings(*settings)
+    mc4.check_mixing_settings(1 / 0.3, None, 1.0)
+    mc4.check_mixing_settings(1.0, 1e6, 2.0)

@@ -282,3 +282,48 @@ def test_c4_stats_keep_split_sections(tmp_path):
     page = _report(tmp_path, STATS)
     assert "Splits written" in page and 'alt="languages"' not in page
     assert 'alt="train lengths"' in page and 'alt="validation lengths"' in page
+
+
+DAMAGED_STATS = copy.deepcopy(STATS)
+DAMAGED_STATS["counters"]["split-wet-file"] = {
+    "wet-file": 5,
+    "passed": 310,
+    "filtered:no_url": 2,
+    "corrupt:unreadable_file": 2,
+    "corrupt:bad_gzip_member": 3,
+    "corrupt:truncated_file": 1,
+    "corrupt:invalid_utf8": 4,
+    "corrupt:lost_record": 7,
+    "corrupt:read_error": 1,
+    "skipped:known_corrupt_file": 1,
+}
+
+
+def test_damaged_input_is_listed_in_the_printed_summary():
+    text = format_table(DAMAGED_STATS)
+    assert "Damaged input" in text
+    assert _row(text, "corrupt:unreadable_file")[-1] == "2"
+    assert " ".join(_row(text, "corrupt:unreadable_file")[:-1]) == (
+        "input files that could not be opened"
+    )
+    for name, count in [
+        ("corrupt:bad_gzip_member", "3"),
+        ("corrupt:truncated_file", "1"),
+        ("corrupt:invalid_utf8", "4"),
+        ("corrupt:lost_record", "7"),
+        ("corrupt:read_error", "1"),
+        ("skipped:known_corrupt_file", "1"),
+    ]:
+        assert _row(text, name)[-1] == count
+    # Between the funnel and the rules, so it is seen before the long rule table.
+    assert _line_index(text, "WET records read") < _line_index(text, "corrupt:lost_record")
+    assert _line_index(text, "corrupt:lost_record") < _line_index(text, "clean-page")
+    assert "Damaged input" not in format_table(STATS)  # the section only when something was
+
+
+def test_damaged_input_is_listed_in_the_html_report(tmp_path):
+    page = _report(tmp_path, DAMAGED_STATS)
+    assert "<h2>Damaged input</h2>" in page
+    row = "<td>corrupt:unreadable_file</td><td>input files that could not be opened</td>"
+    assert row + '<td class="n">2</td>' in page
+    assert "<td>skipped:known_corrupt_file</td>" in page

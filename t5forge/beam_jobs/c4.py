@@ -262,6 +262,31 @@ def build_c4(
     )
 
 
+class UnreadableInputError(ValueError):
+    """Every input was damaged: not a single page could be read."""
+
+
+def require_pages_read(counters: Mapping[str, Mapping[str, int]], inputs: list[str]) -> None:
+    """Raises UnreadableInputError when damaged input left the job without a single page.
+
+    One corrupt file in a large job is counted and skipped; but when nothing at all could be
+    read because the inputs are damaged (unopenable paths, a directory, truncated gzip), the
+    user's input is wrong and an empty corpus would only hide that. Inputs that are intact
+    but hold no pages are not an error.
+    """
+    from t5forge.beam_jobs.report import describe_damage
+
+    read = counters.get("split-wet-file", {})
+    damage = describe_damage({"split-wet-file": dict(read)})
+    if read.get("passed", 0) or not damage:
+        return
+    named = ", ".join(inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+    raise UnreadableInputError(
+        f"no page could be read from the {len(inputs)} input file(s) {named}: {damage}; "
+        "nothing written"
+    )
+
+
 # Funnel steps for the report: (label, namespace, counter names that pass).
 FUNNEL = (
     ("WET records read", "split-wet-file", ("passed",)),

@@ -22,7 +22,11 @@ _TMP_PREFIX = ".t5forge-tmp-"
 
 
 class OutputExistsError(FileExistsError):
-    pass
+    """--output already holds files and --overwrite was not given."""
+
+
+class OutputNotADirectoryError(NotADirectoryError):
+    """--output names something that is not a directory (e.g. a regular file)."""
 
 
 def pipeline_options(beam_args: Iterable[str], workers: int | None):
@@ -33,6 +37,8 @@ def pipeline_options(beam_args: Iterable[str], workers: int | None):
         StandardOptions,
     )
 
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers {workers}: must be at least 1")
     options = PipelineOptions(list(beam_args))
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner"):
@@ -43,16 +49,53 @@ def pipeline_options(beam_args: Iterable[str], workers: int | None):
     return options
 
 
+def check_output(output_dir: str, overwrite: bool) -> None:
+    """Raises if `output_dir` cannot take a new corpus; creates nothing.
+
+    Commands call it before any work, so a wrong --output fails at once with a message about
+    --output, not about an internal temporary path.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" not in output_dir and os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise OutputNotADirectoryError(f"--output {output_dir}: exists and is not a directory")
+    if FileSystems.exists(output_dir) and _relative_files(output_dir) and not overwrite:
+        raise OutputExistsError(
+            f"--output {output_dir} already holds files; pass --overwrite to replace them"
+        )
+
+
+def missing_local_dirs(output_dir: str) -> list[str]:
+    """The local directories that creating `output_dir` would create, deepest first.
+
+    A failed or interrupted job removes exactly these (when still empty), so it leaves the
+    file system as it found it. Remote paths (gs://, s3://...) have no directories to create.
+    """
+    if "://" in output_dir:
+        return []
+    missing = []
+    directory = os.path.abspath(output_dir)
+    while not os.path.lexists(directory) and directory != os.path.dirname(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    return missing
+
+
+def remove_empty_dirs(directories: list[str]) -> None:
+    """Removes each directory (deepest first) if it exists and is empty; best effort."""
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except OSError:  # not empty (someone else wrote there) or already gone: keep it
+            pass
+
+
 def prepare_output(output_dir: str, overwrite: bool, own_files: Callable[[str], bool]) -> str:
     """Checks the output directory and makes a fresh temporary directory in it."""
     from apache_beam.io.filesystems import FileSystems
 
-    if FileSystems.exists(output_dir):
-        if _relative_files(output_dir) and not overwrite:
-            raise OutputExistsError(
-                f"--output {output_dir} already holds files; pass --overwrite to replace them"
-            )
-    else:
+    check_output(output_dir, overwrite)
+    if not FileSystems.exists(output_dir):
         FileSystems.mkdirs(output_dir)
     tmp = FileSystems.join(output_dir, _TMP_PREFIX + uuid.uuid4().hex[:12])
     FileSystems.mkdirs(tmp)
@@ -201,8 +244,12 @@ def run_job(
     input_bytes: int | None = None,
     total_files: int | None = None,
     summarize: Callable[[dict], dict] | None = None,
+    check_counters: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Runs a corpus pipeline end to end and writes stats.json; returns the stats.
+
+    Whatever goes wrong (an exception, a failed check, Ctrl-C), the temporary directory and
+    any output directory this call created are removed, so nothing half-written remains.
 
     Args:
       build: adds the job to (pipeline, temporary output dir, progress dir or
@@ -210,14 +257,40 @@ def run_job(
         progress dir.
       total_files: the number of input files, for the local progress bar.
       summarize: extra stats.json entries computed from the counters.
+      check_counters: raises (e.g. ValueError) when the counters show the run
+        is unusable, such as no readable input; then nothing is written.
       own_files: recognises file names this job writes (old ones are replaced).
       describe: job settings recorded in stats.json.
     """
-    import apache_beam as beam
-    from apache_beam.io.filesystems import FileSystems
-
     options = pipeline_options(beam_args, workers)
-    tmp_dir = prepare_output(output_dir, overwrite, own_files)
+    created_dirs = missing_local_dirs(output_dir)
+    tmp_dir = None
+    try:
+        tmp_dir = prepare_output(output_dir, overwrite, own_files)
+        counters, seconds = _run_pipeline(build, options, tmp_dir, total_files)
+        if check_counters:
+            check_counters(counters)
+        stats = dict(describe)
+        stats.update(_run_stats(options, counters, seconds, input_bytes, funnel, splits))
+        if summarize:
+            stats.update(summarize(counters))
+        files = _write_stats_and_finalize(stats, tmp_dir, output_dir, own_files)
+    except BaseException:
+        if tmp_dir:
+            discard_output(tmp_dir)
+        remove_empty_dirs(created_dirs)
+        raise
+    prefix = output_dir.rstrip("/") + "/"
+    stats["files"] = [f[len(prefix) :] if f.startswith(prefix) else f for f in files]
+    return stats
+
+
+def _run_pipeline(
+    build: Callable, options, tmp_dir: str, total_files: int | None
+) -> tuple[dict[str, dict[str, int]], float]:
+    """Builds and runs the pipeline into `tmp_dir`; returns its counters and the seconds taken."""
+    import apache_beam as beam
+
     local = options.get_all_options().get("runner") == "DirectRunner"
     progress_dir = os.path.join(tmp_dir, ".progress") if local and total_files else None
     progress = _FileProgress(progress_dir, total_files) if progress_dir else None
@@ -227,38 +300,41 @@ def run_job(
         build(pipeline, tmp_dir, progress_dir)
         result = pipeline.run()
         result.wait_until_finish()
-        counters = collect_counters(result)
-    except BaseException:
-        discard_output(tmp_dir)
-        raise
+        return collect_counters(result), time.time() - started
     finally:
         if progress:
             progress.close()
-    seconds = time.time() - started
-    stats = dict(describe)
-    stats.update(
-        {
-            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 2),
-            "runner": options.get_all_options().get("runner"),
-            "workers": options.get_all_options().get("direct_num_workers"),
-            "python": platform.python_version(),
-            "input_bytes": input_bytes,
-            "counters": counters,
-            "funnel": funnel(counters),
-            "splits": split_summary(counters, splits),
-        }
-    )
-    if summarize:
-        stats.update(summarize(counters))
+
+
+def _run_stats(
+    options, counters: dict, seconds: float, input_bytes: int | None, funnel, splits
+) -> dict[str, Any]:
+    """The stats.json entries every corpus job records about its run."""
+    stats = {
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 2),
+        "runner": options.get_all_options().get("runner"),
+        "workers": options.get_all_options().get("direct_num_workers"),
+        "python": platform.python_version(),
+        "input_bytes": input_bytes,
+        "counters": counters,
+        "funnel": funnel(counters),
+        "splits": split_summary(counters, splits),
+    }
     if input_bytes:
         stats["input_mb_per_second"] = round(input_bytes / 1e6 / max(seconds, 1e-9), 3)
+    return stats
+
+
+def _write_stats_and_finalize(
+    stats: dict, tmp_dir: str, output_dir: str, own_files: Callable[[str], bool]
+) -> list[str]:
+    """Writes stats.json next to the new shards, then moves them all into `output_dir`."""
+    from apache_beam.io.filesystems import FileSystems
+
     with FileSystems.create(FileSystems.join(tmp_dir, STATS_FILE)) as f:
         f.write(stats_json(stats).encode("utf-8"))
-    files = finalize_output(tmp_dir, output_dir, own_files)
-    prefix = output_dir.rstrip("/") + "/"
-    stats["files"] = [f[len(prefix) :] if f.startswith(prefix) else f for f in files]
-    return stats
+    return finalize_output(tmp_dir, output_dir, own_files)
 
 
 def stats_json(stats: dict[str, Any]) -> str:

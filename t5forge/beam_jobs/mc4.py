@@ -194,6 +194,24 @@ def funnel(counters: Mapping[str, Mapping[str, int]]) -> list[dict]:
     ]
 
 
+def check_mixing_settings(
+    temperature: float, unimax_budget_bytes: float | None, unimax_max_epochs: float
+) -> None:
+    """Raises ValueError naming the flag when a mixing-rate setting is impossible.
+
+    The rates are computed from the counters after the pipeline has run, so the command
+    checks them first: a typo must not cost a whole run.
+    """
+    import math
+
+    settings = [("--temperature", temperature), ("--unimax-max-epochs", unimax_max_epochs)]
+    if unimax_budget_bytes is not None:
+        settings.append(("--unimax-budget-bytes", unimax_budget_bytes))
+    for flag, value in settings:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} {value}: must be a positive number")
+
+
 def language_summary(
     counters: Mapping[str, Mapping[str, int]],
     temperature: float = mixing.MT5_TEMPERATURE,

@@ -17,6 +17,18 @@ from typing import Any
 
 _STRUCTURED_KEYS = ("counters", "funnel", "splits", "languages", "mixing_rates", "und_share")
 _RULE_PREFIXES = ("filtered", "line-filtered")
+_DAMAGE_PREFIXES = ("corrupt:", "skipped:")
+# What each of the WET reader's damage counters (namespace "split-wet-file") counts. Damaged input
+# is skipped, not fatal, so these rows are the only place a user learns that data was lost.
+INPUT_DAMAGE = {
+    "corrupt:unreadable_file": "input files that could not be opened",
+    "corrupt:read_error": "input files that failed part-way through reading",
+    "corrupt:truncated_file": "input files cut off before their end",
+    "corrupt:bad_gzip_member": "corrupt gzip members skipped",
+    "corrupt:lost_record": "records lost in damaged data",
+    "corrupt:invalid_utf8": "records that are not valid UTF-8",
+    "skipped:known_corrupt_file": "input files on TFDS's list of corrupt WET files (not read)",
+}
 _MAX_HISTOGRAMS = 6  # more splits than this (mC4: two per language) get no length histograms
 
 
@@ -40,6 +52,32 @@ def _rule_rows(stats: dict) -> list[list[str]]:
         for namespace, counters in sorted((stats.get("counters") or {}).items())
         for name, count in sorted(counters.items())
         if name.startswith(_RULE_PREFIXES)
+    ]
+
+
+def damage_counts(counters: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The non-zero damaged-input counters ("corrupt:*", "skipped:*") of all namespaces."""
+    counts: dict[str, int] = {}
+    for namespace_counters in counters.values():
+        for name, count in namespace_counters.items():
+            if name.startswith(_DAMAGE_PREFIXES) and count:
+                counts[name] = counts.get(name, 0) + count
+    return dict(sorted(counts.items()))
+
+
+def describe_damage(counters: dict[str, dict[str, int]]) -> str:
+    """One line of the damaged-input counts, e.g. "input files that could not be opened: 2"."""
+    return "; ".join(
+        f"{INPUT_DAMAGE.get(name, name)}: {count:,}"
+        for name, count in damage_counts(counters).items()
+    )
+
+
+def _damage_rows(stats: dict) -> list[list[str]]:
+    """Rows of (counter, what it counts, count) for every kind of damaged input met."""
+    return [
+        [name, INPUT_DAMAGE.get(name, ""), f"{count:,}"]
+        for name, count in damage_counts(stats.get("counters") or {}).items()
     ]
 
 
@@ -108,7 +146,8 @@ def _sections(stats: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """The (title, header, rows) tables shared by the text and the HTML report.
 
     Multilingual stats (with a "languages" key) get a per-language table instead of the long
-    list of "<language>/<split>" splits.
+    list of "<language>/<split>" splits. The "Damaged input" table appears only when some input
+    was corrupt or skipped.
     """
     if "languages" in stats:
         header = ["language", "train pages", "validation pages", "MB"]
@@ -116,11 +155,13 @@ def _sections(stats: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         written = ("Languages written", header, _language_rows(stats))
     else:
         written = ("Splits written", ["split", "pages", "MB"], _split_rows(stats))
-    return [
-        ("Funnel", ["step", "pages left", "removed", "% of read"], _funnel_rows(stats)),
-        ("Filter rules", ["namespace", "rule", "count"], _rule_rows(stats)),
-        written,
-    ]
+    sections = [("Funnel", ["step", "pages left", "removed", "% of read"], _funnel_rows(stats))]
+    damage = _damage_rows(stats)
+    if damage:
+        sections.append(("Damaged input", ["counter", "what it counts", "count"], damage))
+    sections.append(("Filter rules", ["namespace", "rule", "count"], _rule_rows(stats)))
+    sections.append(written)
+    return sections
 
 
 def _numeric_columns(header: list[str], rows: list[list[str]]) -> list[bool]:
@@ -144,7 +185,7 @@ def _text_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def format_table(stats: dict[str, Any]) -> str:
-    """Plain-text summary of ``stats``: funnel, per-rule filter counts, splits and run speed."""
+    """Plain-text summary of ``stats``: funnel, damaged input, rule counts, splits and run speed."""
     blocks = [f"{title}\n{_text_table(header, rows)}" for title, header, rows in _sections(stats)]
     blocks.append("\n".join(_run_lines(stats)))
     return "\n\n".join(b for b in blocks if b) + "\n"
