@@ -458,8 +458,11 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     rows = np.ones((16, 8), np.int32)
     features = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
     np.savez(good, decoder_loss_weights=rows, **{name: rows for name in features})
+    text = tmp_path / "notes.txt"
+    text.write_text("not an export\n")
     cases = [
         (tmp_path / "missing.npz", [], "missing.npz"),
+        (text, [], "not a .npz file"),
         (bad, [], "missing features"),
         (bad, ["--model", "t5.9-huge"], "unknown model config"),
         (good, ["--model", "t5.1.1-tiny", "--mesh", "data=3,pipeline=2"], "--mesh"),

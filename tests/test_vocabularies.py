@@ -192,6 +192,12 @@ def test_bad_inputs(spm_model, corpus, tmp_path):
     tokenize.tokenize_corpus("byte", [str(corpus)], str(out), progress=False)
     with pytest.raises(ValueError, match="not the vocabulary"):
         tokenize.decode_corpus(spm_model, str(out), str(tmp_path / "d"))
+    # A damaged shard is named, not reported as numpy's "mmap length is greater than ..."
+    shard = out / "00000.tokens.npy"
+    shard.write_bytes(shard.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"00000.tokens.npy: unreadable token shard"):
+        tokenize.decode_corpus("byte", str(out), str(tmp_path / "d"))
+    assert not (tmp_path / "d").exists()
 
 
 def test_damage_inside_a_file_is_counted_and_skipped(tmp_path):

@@ -43,6 +43,9 @@ def load_exported(path: str) -> dict[str, np.ndarray]:
     """The int32 features of an exported .npz, checked (DataError names the file)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path}: no such file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # an .npz is a zip archive
+            raise DataError(f"--data {path}: not a .npz file (make one with t5forge export)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: np.asarray(npz[name], dtype=np.int32) for name in npz.files}

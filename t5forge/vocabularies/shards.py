@@ -38,11 +38,28 @@ def read_manifest(directory: str) -> dict:
     return manifest
 
 
+def load_shard(directory: str, shard: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's (memory-mapped token ids, document offsets); errors name the file."""
+    arrays = []
+    for key, mmap_mode in (("tokens_file", "r"), ("offsets_file", None)):
+        path = os.path.join(directory, shard[key])
+        try:
+            arrays.append(np.load(path, mmap_mode=mmap_mode, allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable token shard ({e})") from e
+    tokens, offsets = arrays
+    if len(offsets) == 0 or offsets[-1] > len(tokens):
+        raise ValueError(
+            f"{os.path.join(directory, shard['offsets_file'])}: offsets run past "
+            f"the {len(tokens)} tokens of {shard['tokens_file']}"
+        )
+    return tokens, offsets
+
+
 def iter_token_documents(directory: str) -> Iterator[np.ndarray]:
     """Every document's token ids, in corpus order (memory-mapped views)."""
     manifest = read_manifest(directory)
     for shard in manifest["shards"]:
-        tokens = np.load(os.path.join(directory, shard["tokens_file"]), mmap_mode="r")
-        offsets = np.load(os.path.join(directory, shard["offsets_file"]))
+        tokens, offsets = load_shard(directory, shard)
         for start, end in zip(offsets[:-1], offsets[1:], strict=True):
             yield tokens[start:end]

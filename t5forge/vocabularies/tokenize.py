@@ -213,8 +213,7 @@ def decode_corpus(vocab: str, input_dir: str, output: str, overwrite: bool = Fal
     try:
         documents = 0
         for shard in manifest["shards"]:
-            tokens = np.load(os.path.join(input_dir, shard["tokens_file"]), mmap_mode="r")
-            offsets = np.load(os.path.join(input_dir, shard["offsets_file"]))
+            tokens, offsets = shards.load_shard(input_dir, shard)
             name = shard["tokens_file"].replace(".tokens.npy", ".jsonl")
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 for start, end in zip(offsets[:-1], offsets[1:], strict=True):
