@@ -209,17 +209,7 @@ def test_failed_job_leaves_no_partial_output(tmp_path, monkeypatch):
         _ = pipeline | beam.Create([1]) | beam.Map(explode)
 
     with pytest.raises(Exception, match="worker died"):
-        job.run_job(
-            build=broken_build,
-            output_dir=str(tmp_path / "f"),
-            overwrite=False,
-            own_files=lambda n: True,
-            beam_args=[],
-            workers=1,
-            describe={},
-            splits=(),
-            funnel=lambda c: [],
-        )
+        run_tiny_job(tmp_path / "f", broken_build)
     assert not (tmp_path / "f").exists()  # the job created it, so the job removes it
 
 

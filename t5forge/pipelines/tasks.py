@@ -66,7 +66,7 @@ _TASK_NAME_RE = re.compile(r"^[\w.:#]+$")
 # JSON lines that did not parse, per corpus file: counted and skipped (a damaged record must
 # not end a long job, nor vanish unnoticed); `malformed_line_counts` reports them. Kept as
 # distinct lines, since a pipeline may read a file more than once (epochs, re-iteration).
-_malformed_lines: dict[str, set[bytes]] = collections.defaultdict(set)
+_malformed_lines: dict[str, set[int]] = collections.defaultdict(set)  # hashes of the lines
 _malformed_lock = threading.Lock()
 
 
@@ -89,7 +89,7 @@ def _parse_json_text(line, filename) -> tuple[bytes, bool]:
     name = bytes(filename).decode("utf-8", "replace")
     with _malformed_lock:
         first = not _malformed_lines[name]
-        _malformed_lines[name].add(bytes(line))
+        _malformed_lines[name].add(hash(bytes(line)))
     if first:
         shown = bytes(line)[:80].decode("utf-8", "replace")
         logger.warning(
