@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from t5forge import mixing, preprocessors
 from t5forge.vocabularies import get_vocabulary
-from t5forge.vocabularies.records import CorpusError
+from t5forge.vocabularies.records import CorpusError, JsonLineError, json_text
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +79,10 @@ def malformed_line_counts() -> dict[str, int]:
 def _parse_json_text(line, filename) -> tuple[bytes, bool]:
     """(UTF-8 "text" field, True) of one JSON line, or (b"", False) for a malformed one,
     which is counted and logged (once per file). Runs in Python via numpy_function."""
-    try:
-        text = json.loads(line)["text"]
-        if isinstance(text, str):
-            return text.encode("utf-8"), True
-        error = f"'text' is a {type(text).__name__}"
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        error = f"{type(e).__name__}: {e}"
+    text = json_text(bytes(line))
+    if not isinstance(text, JsonLineError):
+        return text.encode("utf-8"), True
+    error = text.reason
     name = bytes(filename).decode("utf-8", "replace")
     with _malformed_lock:
         first = not _malformed_lines[name]

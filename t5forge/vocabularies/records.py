@@ -186,6 +186,24 @@ def iter_documents(
         logger.warning("%s: skipped %d line(s) that are not JSON with %r", path, bad_lines, field)
 
 
+class JsonLineError(NamedTuple):
+    """Why a JSON line has no string `field` (for the message that names the file)."""
+
+    reason: str
+
+
+def json_text(line: str | bytes, field: str = "text") -> str | JsonLineError:
+    """The string `field` of one JSON line, or why there is none. The one rule for corpus
+    lines, shared by this reader and the seqio source (`pipelines.tasks`)."""
+    try:
+        value = json.loads(line)[field]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return JsonLineError(f"{type(e).__name__}: {e}")
+    if not isinstance(value, str):
+        return JsonLineError(f"{field!r} is a {type(value).__name__}")
+    return value
+
+
 class _BadLine(NamedTuple):
     """A JSON line that does not parse (1-based line number)."""
 
@@ -220,11 +238,8 @@ def _documents(path: str, field: str) -> Iterator[str | _BadLine]:
                 if kind == "jsonl":
                     if not line.strip():
                         continue
-                    try:
-                        document = json.loads(line)[field]
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        document = None
-                    yield document if isinstance(document, str) else _BadLine(number)
+                    document = json_text(line, field)
+                    yield _BadLine(number) if isinstance(document, JsonLineError) else document
                 else:
                     yield from filter(None, _LINE_BREAK.split(line))
     except UnicodeDecodeError as e:
