@@ -637,6 +637,7 @@ def _run_train_spm(args, extra: list[str]) -> int:
         seed=args.seed,
         temperature=args.temperature,
         overwrite=args.overwrite,
+        progress=True,
     )
     print(
         json.dumps(

@@ -324,3 +324,15 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, tiny_text):
     assert (tmp_path / "spm.vocab").read_text() != "old"
     assert settings["trainer"]["model_type"] == "bpe"
     assert settings["sentences_sampled"] == settings["sentences_seen"] == 20
+
+
+def test_cli_reports_progress_on_stderr(tmp_path, tiny_text, capsys):
+    from t5forge.cli import main
+
+    assert main(["train-spm", "--input", tiny_text, "--output", str(tmp_path / "spm"),
+                 "--vocab-size", "60", "--model-type", "bpe"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert re.search(r"read corpus \(1 file\(s\)\): 20(\.0)? sentences", captured.err)
+    assert "training SentencePiece (bpe, 60 pieces) on 20 sentences" in captured.err
+    assert re.search(r"trained in \d+\.\d s", captured.err)
+    assert '"sentences_sampled": 20' in captured.out  # stdout keeps only the settings

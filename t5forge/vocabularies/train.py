@@ -25,11 +25,14 @@ import math
 import os
 import random
 import re
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
+from tqdm import tqdm
 
 from t5forge import __version__, mixing
 from t5forge.vocabularies.records import CorpusError, corpus_files, iter_documents
@@ -189,6 +192,7 @@ def sample_corpus(
     seed: int = 0,
     temperature: float = 1 / 0.3,
     damage: collections.Counter | None = None,
+    progress: bool = False,
 ) -> tuple[list[str], list[Source]]:
     """The sentences to train on and, per source, its quota and counts.
 
@@ -196,6 +200,7 @@ def sample_corpus(
     order, so the same inputs and seed always give the same sample. A language
     with fewer sentences than its quota gives all it has; the shortfall is not
     handed to other languages, which would tilt the mix toward big ones.
+    `progress` shows a running count of the sentences read, per source, on stderr.
     """
     sources = plan_sources(inputs, sample_sentences, temperature)
     rng = random.Random(seed)
@@ -203,7 +208,13 @@ def sample_corpus(
     for source in sources:
         if source.quota <= 0:
             continue
-        sentences_of_source = iter_sentences(source.files, damage)
+        sentences_of_source = tqdm(
+            iter_sentences(source.files, damage),
+            desc=f"read {source.name or 'corpus'} ({len(source.files)} file(s))",
+            unit=" sentences",
+            unit_scale=True,
+            disable=not progress,
+        )
         kept, source.seen = reservoir_sample(sentences_of_source, source.quota, rng)
         source.sampled = len(kept)
         sentences.extend(kept)
@@ -383,6 +394,7 @@ def train_sentencepiece(
     seed: int = 0,
     temperature: float = 1 / 0.3,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Trains PREFIX.model/.vocab from corpus `inputs`; writes and returns the settings.
 
@@ -390,6 +402,7 @@ def train_sentencepiece(
     recorded, not built in (seqio appends the sentinels at load time).
     Outputs appear all at once or not at all: everything is made in a
     temporary directory next to them and renamed into place at the end.
+    `progress` reports reading (a running count) and training (start, time taken) on stderr.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -406,7 +419,9 @@ def train_sentencepiece(
     if not overwrite:
         _check_free(targets)
     damage: collections.Counter = collections.Counter()
-    sentences, sources = sample_corpus(inputs, sample_sentences, seed, temperature, damage)
+    sentences, sources = sample_corpus(
+        inputs, sample_sentences, seed, temperature, damage, progress=progress
+    )
     trainer_args = trainer_arguments(vocab_size, model_type, character_coverage, byte_fallback)
 
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
@@ -415,7 +430,17 @@ def train_sentencepiece(
     name = os.path.basename(output_prefix)
     try:
         with tempfile.TemporaryDirectory(prefix=f".{name}.", suffix=".tmp", dir=out_dir) as work:
+            if progress:
+                print(
+                    f"training SentencePiece ({model_type}, {vocab_size} pieces) on "
+                    f"{len(sentences):,} sentences...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            started = time.monotonic()
             prefix = _train(sentences, work, trainer_args, seed, inputs)
+            if progress:
+                print(f"trained in {time.monotonic() - started:.1f} s", file=sys.stderr)
             settings = {
                 "t5forge_version": __version__,
                 "sentencepiece_version": spm.__version__,
