@@ -353,3 +353,22 @@ def test_plot_run_without_metrics_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"nothing to plot in .*metrics\.jsonl"):
         plot_run(str(tmp_path))
     assert not os.path.exists(tmp_path / "curves.png")
+
+
+def test_plot_cli_skips_a_corrupt_middle_line_and_says_so(tmp_path, capsys):
+    from t5forge.cli import main
+
+    lines = [json.dumps({"step": step, "split": "train", "loss": 1.0 / step}) for step in (1, 2, 3)]
+    lines[1] = lines[1][:15] + "\x00\x00garbage"  # a line damaged in place, not a torn tail
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["plot", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert (
+        "skipped 1 corrupt metrics line(s)" in captured.err and "metrics.jsonl:2:" in captured.err
+    )
+    assert open(tmp_path / "curves.png", "rb").read(8) == PNG_SIGNATURE
+    # The library call still raises by default; only the skipping caller opts in.
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2:"):
+        read_metrics(str(tmp_path))
+    skipped = []
+    assert [r["step"] for r in read_metrics(str(tmp_path), skipped)] == [1, 3] and len(skipped) == 1

@@ -408,7 +408,14 @@ def run_plot(args, extra: list[str]) -> int:
         raise ValueError(f"unknown arguments: {' '.join(extra)}")
     from t5forge.model.plot import plot_run
 
-    print(f"curves: {plot_run(args.directory, args.output)}")
+    skipped: list[str] = []  # a damaged line costs one point of the curve, not the plot
+    path = plot_run(args.directory, args.output, skipped)
+    if skipped:
+        print(
+            f"skipped {len(skipped)} corrupt metrics line(s); first: {skipped[0]}",
+            file=sys.stderr,
+        )
+    print(f"curves: {path}")
     return 0
 
 

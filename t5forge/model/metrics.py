@@ -265,17 +265,26 @@ def _parses_as_json(text: str) -> bool:
     return True
 
 
-def read_metrics(directory: str) -> list[dict[str, Any]]:
+def read_metrics(directory: str, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """The records of DIRECTORY/metrics.jsonl in file order.
 
     Non-finite values come back as float NaN/inf. Raises FileNotFoundError if the file is
-    missing and ValueError (naming path and line) for a corrupt line; only an unterminated
-    last line, the trace of an interrupted write, is skipped.
+    missing and ValueError (naming path and line) for a corrupt line, unless `skipped` is a
+    list: then each corrupt line is left out and its error message appended there. An
+    unterminated last line, the trace of an interrupted write, is always left out.
     """
     path = os.path.join(directory, METRICS_FILENAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no metrics file {path}")
-    return [_parse_line(path, number, line) for number, line in _read_lines(path)]
+    records = []
+    for number, line in _read_lines(path):
+        try:
+            records.append(_parse_line(path, number, line))
+        except ValueError as error:
+            if skipped is None:
+                raise
+            skipped.append(str(error))
+    return records
 
 
 def _truncate_after_step(path: str, resume_step: int) -> None:

@@ -64,14 +64,15 @@ def _panel_curves(
     return curves
 
 
-def plot_run(directory: str, output: str | None = None) -> str:
+def plot_run(directory: str, output: str | None = None, skipped: list[str] | None = None) -> str:
     """Draws DIRECTORY/metrics.jsonl as a PNG (default DIRECTORY/curves.png); returns its path.
 
     One panel per metric of `PANELS` that the run logged (train and eval where both exist);
     metrics the run did not log are left out. Raises ValueError naming the metrics file when it
     holds none of them. The PNG is written under a temporary name and renamed into place.
+    `skipped`: as in `read_metrics` (a list collects the corrupt lines left out; None raises).
     """
-    records = read_metrics(directory)
+    records = read_metrics(directory, skipped)
     panels = [(panel, curves) for panel in PANELS if (curves := _panel_curves(records, panel))]
     if not panels:
         names = ", ".join(panel.metric for panel in PANELS)
