@@ -8,10 +8,13 @@ one-line message and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 EXIT_USAGE = 2
@@ -464,7 +467,7 @@ def _load_realnews_domains(source: str | None) -> dict:
 
 
 def _run_build_c4(args, beam_args: list[str]) -> int:
-    from t5forge.beam_jobs import c4, job, report
+    from t5forge.beam_jobs import c4, job
 
     _check_corpus_args(args)
     _check_beam_args("build-c4", beam_args)
@@ -515,10 +518,7 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
         total_files=len(paths),
         check_counters=lambda counters: c4.require_pages_read(counters, paths),
     )
-    report_path = report.write_report(output)
-    print(report.format_table(stats))
-    print(f"corpus: {os.path.abspath(output)}\nreport: {os.path.abspath(report_path)}")
-    return 0
+    return _report_corpus(output, stats)
 
 
 def _load_mc4_badwords(args):
@@ -540,7 +540,7 @@ def _load_mc4_badwords(args):
 
 
 def _run_build_mc4(args, beam_args: list[str]) -> int:
-    from t5forge.beam_jobs import c4, job, mc4, report
+    from t5forge.beam_jobs import c4, job, mc4
     from t5forge.beam_jobs.cld3 import MC4_LANGUAGES
 
     _check_corpus_args(args)
@@ -595,9 +595,22 @@ def _run_build_mc4(args, beam_args: list[str]) -> int:
         ),
         check_counters=lambda counters: c4.require_pages_read(counters, paths),
     )
-    report_path = report.write_report(args.output)
-    print(report.format_table(stats))
-    print(f"corpus: {os.path.abspath(args.output)}\nreport: {os.path.abspath(report_path)}")
+    return _report_corpus(args.output, stats)
+
+
+def _report_corpus(output: str, stats: dict) -> int:
+    """Writes report.html and prints the summary of a finished corpus job.
+
+    The corpus is complete by now: a Ctrl-C here is reported as coming after the write.
+    """
+    from t5forge.beam_jobs import job, report
+
+    try:
+        report_path = report.write_report(output)
+        print(report.format_table(stats))
+        print(f"corpus: {os.path.abspath(output)}\nreport: {os.path.abspath(report_path)}")
+    except KeyboardInterrupt:
+        raise job.OutputWrittenInterrupt(output) from None
     return 0
 
 
@@ -772,6 +785,34 @@ def _run_quickstart(args, extra: list[str]) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _quiet_beam_after_interrupt():
+    """Ctrl-C during a corpus job ends it with the job's one line, not Beam's noise.
+
+    While the job unwinds, Beam's runner threads lose their workers and each logs an error or
+    prints a traceback. The process is on its way out, so from the first Ctrl-C on, logging and
+    reports of exceptions in other threads are switched off for the rest of the process. Only
+    where Python's own SIGINT handler is in place (the main thread, not overridden).
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def interrupt_quietly(signum, frame):
+        logging.disable(logging.CRITICAL)
+        threading.excepthook = lambda args: None
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt_quietly)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -786,10 +827,20 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
     handler: Callable = args.handler
     try:
+        if args.command in _CLEAN_ON_INTERRUPT:
+            with _quiet_beam_after_interrupt():
+                return handler(args, extra)
         return handler(args, extra)
-    except KeyboardInterrupt:
-        # One line instead of a traceback; the corpus jobs have removed what they created.
-        cleaned = "; nothing written" if args.command in _CLEAN_ON_INTERRUPT else ""
+    except KeyboardInterrupt as interrupt:
+        # One line instead of a traceback; the corpus jobs have removed what they created,
+        # unless the interrupt came once the whole corpus was in place.
+        written = getattr(interrupt, "output_dir", None)
+        if written:
+            cleaned = f" after the corpus was written to {written} (its report: t5forge report)"
+        elif args.command in _CLEAN_ON_INTERRUPT:
+            cleaned = "; nothing written"
+        else:
+            cleaned = ""
         print(f"t5forge {args.command}: interrupted{cleaned}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (UsageError, FileNotFoundError, FileExistsError, ValueError) as e:

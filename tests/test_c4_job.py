@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import random
+from pathlib import Path
 
 import pytest
 from conftest import DEMO_WET
@@ -248,6 +249,65 @@ def test_interrupted_job_removes_the_directories_it_created(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_tiny_job(tmp_path / "mine", build=interrupted, overwrite=True)
     assert os.listdir(tmp_path / "mine") == ["keep.txt"]  # a directory it found stays
+
+
+def test_interrupt_while_moving_the_output_into_place_lets_the_move_finish(tmp_path, monkeypatch):
+    """Ctrl-C during the final renames: a whole corpus (not a partial one), then the interrupt."""
+    import signal
+
+    def three_shards(pipeline, tmp, progress):
+        import apache_beam as beam
+
+        _ = pipeline | beam.Create([1])
+        for index in range(3):
+            (Path(tmp) / f"c4-train.{index}.json.gz").write_bytes(b"x")
+
+    real_finalize = job.finalize_output
+
+    def finalize_with_ctrl_c(tmp_dir, output_dir, own_files):
+        os.kill(os.getpid(), signal.SIGINT)  # handled at once: between two Python bytecodes
+        return real_finalize(tmp_dir, output_dir, own_files)
+
+    monkeypatch.setattr(job, "finalize_output", finalize_with_ctrl_c)
+    with pytest.raises(job.OutputWrittenInterrupt) as raised:
+        run_tiny_job(tmp_path / "corpus", build=three_shards)
+    assert raised.value.output_dir == str(tmp_path / "corpus")
+    assert sorted(os.listdir(tmp_path / "corpus")) == [
+        "c4-train.0.json.gz",
+        "c4-train.1.json.gz",
+        "c4-train.2.json.gz",
+        "stats.json",
+    ]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_cli_ctrl_c_during_a_job_is_one_line_and_leaves_nothing(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group, Beam's workers included) while
+    the demo job runs: exit 130, one line on stderr and no traceback from any process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "corpus"
+    command = [sys.executable, "-m", "t5forge.cli", "build-c4", "--output", str(output)]
+    command += ["--no-badwords", "--workers", "2", "--sentence-splitter", "regex"]
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    # The job's temporary directory appears once Beam starts; give its workers a moment more.
+    while not (output.is_dir() and os.listdir(output)) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert process.poll() is None, "the job ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert stderr.rstrip().endswith("t5forge build-c4: interrupted; nothing written")
+    assert not output.exists()
 
 
 def test_failure_after_the_pipeline_leaves_nothing(tmp_path):

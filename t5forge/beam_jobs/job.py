@@ -7,11 +7,16 @@ or interrupted job leaves no partial corpus behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import platform
+import shlex
+import signal
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -274,15 +279,49 @@ def run_job(
         stats.update(_run_stats(options, counters, seconds, input_bytes, funnel, splits))
         if summarize:
             stats.update(summarize(counters))
-        files = _write_stats_and_finalize(stats, tmp_dir, output_dir, own_files)
+        with _interrupts_deferred() as deferred:
+            files = _write_stats_and_finalize(stats, tmp_dir, output_dir, own_files)
     except BaseException:
         if tmp_dir:
             discard_output(tmp_dir)
         remove_empty_dirs(created_dirs)
         raise
+    if deferred:
+        raise OutputWrittenInterrupt(output_dir)
     prefix = output_dir.rstrip("/") + "/"
     stats["files"] = [f[len(prefix) :] if f.startswith(prefix) else f for f in files]
     return stats
+
+
+class OutputWrittenInterrupt(KeyboardInterrupt):
+    """Ctrl-C that came while the finished output was being moved into place.
+
+    The move is allowed to finish (stopping half-way would leave a partial corpus), so the
+    output directory holds the whole result; the interrupt is raised afterwards.
+    """
+
+    def __init__(self, output_dir: str):
+        super().__init__(output_dir)
+        self.output_dir = output_dir
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Holds back SIGINT inside the block; yields a list that gets an entry if one came.
+
+    Only in the main thread of the process (the only one Python delivers signals to); elsewhere
+    the block runs as is.
+    """
+    deferred: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield deferred
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: deferred.append(signum))
+    try:
+        yield deferred
+    finally:
+        # None: the previous handler was not set from Python and cannot be put back as such.
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def _run_pipeline(
@@ -296,7 +335,7 @@ def _run_pipeline(
     progress = _FileProgress(progress_dir, total_files) if progress_dir else None
     started = time.time()
     try:
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(runner=_local_runner(options) if local else None, options=options)
         build(pipeline, tmp_dir, progress_dir)
         result = pipeline.run()
         result.wait_until_finish()
@@ -304,6 +343,24 @@ def _run_pipeline(
     finally:
         if progress:
             progress.close()
+
+
+def _local_runner(options):
+    """Beam's multi-process local runner, with workers that end quietly on Ctrl-C (`sdk_worker`).
+
+    The runner and worker count of direct_running_mode="multi_processing", which would pick
+    Beam's own worker command; None (Beam decides) for any other running mode.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return None
+    direct.direct_running_mode = "in_memory"  # leaves the worker environment given here in place
+    command = f"{shlex.quote(sys.executable)} -m t5forge.beam_jobs.sdk_worker"
+    return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
 
 
 def _run_stats(
