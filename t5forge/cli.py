@@ -836,7 +836,10 @@ def main(argv: list[str] | None = None) -> int:
         # unless the interrupt came once the whole corpus was in place.
         written = getattr(interrupt, "output_dir", None)
         if written:
-            cleaned = f" after the corpus was written to {written} (its report: t5forge report)"
+            cleaned = (
+                f" after the corpus was written to {written}; "
+                f"t5forge report {written} redraws its report"
+            )
         elif args.command in _CLEAN_ON_INTERRUPT:
             cleaned = "; nothing written"
         else:

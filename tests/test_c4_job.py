@@ -281,35 +281,6 @@ def test_interrupt_while_moving_the_output_into_place_lets_the_move_finish(tmp_p
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_cli_ctrl_c_during_a_job_is_one_line_and_leaves_nothing(tmp_path):
-    """A terminal's Ctrl-C (SIGINT to the whole process group, Beam's workers included) while
-    the demo job runs: exit 130, one line on stderr and no traceback from any process."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    output = tmp_path / "corpus"
-    command = [sys.executable, "-m", "t5forge.cli", "build-c4", "--output", str(output)]
-    command += ["--no-badwords", "--workers", "2", "--sentence-splitter", "regex"]
-    process = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120
-    # The job's temporary directory appears once Beam starts; give its workers a moment more.
-    while not (output.is_dir() and os.listdir(output)) and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(1.0)
-    assert process.poll() is None, "the job ended before it could be interrupted"
-    os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "Error" not in stderr, stderr
-    assert stderr.rstrip().endswith("t5forge build-c4: interrupted; nothing written")
-    assert not output.exists()
-
-
 def test_failure_after_the_pipeline_leaves_nothing(tmp_path):
     """A step after the run (stats, a counters check) failing still removes the temp dir."""
 

@@ -389,7 +389,7 @@ def test_damaged_input_is_in_the_summary_and_beam_options_pass(tmp_path):
     assert "Damaged input" in (tmp_path / "o" / "report.html").read_text()
 
 
-def test_ctrl_c_removes_what_the_job_created(tmp_path):
+def test_ctrl_c_removes_what_the_job_created_in_one_line(tmp_path):
     import signal
     import time
 
@@ -414,5 +414,24 @@ def test_ctrl_c_removes_what_the_job_created(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "t5forge build-c4: interrupted; nothing written"
-    assert "t5forge/cli.py" not in err  # no traceback from the command itself
+    # No traceback from any process: not the command, not Beam's workers or runner threads.
+    assert "Traceback" not in err and "Error" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_once_the_corpus_is_in_place_says_it_was_written(tmp_path, monkeypatch, capsys):
+    """An interrupt the job held back while moving the finished corpus in (job.py) or one during
+    the report: the message must not claim that nothing was written."""
+    from t5forge.beam_jobs import job
+
+    def finished_then_interrupted(output_dir, **settings):
+        raise job.OutputWrittenInterrupt(output_dir)
+
+    monkeypatch.setattr(job, "run_job", finished_then_interrupted)
+    args = ["build-c4", "--input", DEMO_WET, "--output", "o", "--no-badwords"]
+    code, last = main_in_process(args, tmp_path, monkeypatch, capsys)
+    assert code == 130
+    assert last == (
+        "t5forge build-c4: interrupted after the corpus was written to o; "
+        "t5forge report o redraws its report"
+    )
