@@ -249,3 +249,96 @@ def test_clean_page_equals_tfds_on_every_shared_page(python_docs_pages):
     finally:
         c4_utils._get_sentences = original
     assert len(python_docs_pages) >= 300 and 0 < kept < len(python_docs_pages)
+
+
+# ------------------------------------------------------------------------------------------
+# Punkt's English parameters from the legacy pickle (what TFDS loads), read without running it
+
+
+@pytest.fixture(scope="module")
+def trained_punkt(python_docs_pages):
+    """A Punkt tokenizer trained on real pages: learned abbreviations, collocations, starters."""
+    from nltk.tokenize import punkt
+
+    trainer = punkt.PunktTrainer()
+    trainer.INCLUDE_ALL_COLLOCS = True
+    trainer.train("\n".join(page.text for page in python_docs_pages[:120]), finalize=True)
+    parameters = trainer.get_params()
+    assert parameters.abbrev_types and parameters.collocations and parameters.sent_starters
+    return punkt.PunktSentenceTokenizer(parameters)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_legacy_punkt_pickle_gives_the_same_parameters_and_sentences(
+    tmp_path, trained_punkt, python_docs_pages, protocol
+):
+    import pickle
+
+    path = tmp_path / "english.pickle"
+    path.write_bytes(pickle.dumps(trained_punkt, protocol=protocol))
+    parameters = sentences.legacy_punkt_parameters(str(path))
+    expected = trained_punkt._params
+    assert parameters.abbrev_types == expected.abbrev_types
+    assert parameters.collocations == expected.collocations
+    assert parameters.sent_starters == expected.sent_starters
+    assert dict(parameters.ortho_context) == dict(expected.ortho_context)
+    from nltk.tokenize import punkt
+
+    loaded = punkt.PunktSentenceTokenizer(parameters)
+    untrained = punkt.PunktSentenceTokenizer()
+    texts = [page.text for page in python_docs_pages[120:160]]
+    assert [loaded.tokenize(t) for t in texts] == [trained_punkt.tokenize(t) for t in texts]
+    # The parameters matter on this text: untrained Punkt splits it differently.
+    assert [untrained.tokenize(t) for t in texts] != [trained_punkt.tokenize(t) for t in texts]
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def test_legacy_punkt_pickle_runs_nothing(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "english.pickle"
+    path.write_bytes(pickle.dumps({"abbrev_types": _Exploit(str(marker))}))
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load (posix|os)\.mkdir"):
+        sentences.legacy_punkt_parameters(str(path))
+    assert not marker.exists()
+    path.write_bytes(pickle.dumps({"some": "dict"}))
+    with pytest.raises(ValueError, match="no Punkt parameters"):
+        sentences.legacy_punkt_parameters(str(path))
+
+
+def test_punkt_uses_the_legacy_pickle_when_punkt_tab_is_missing(
+    tmp_path, trained_punkt, monkeypatch
+):
+    import pickle
+
+    import nltk.data
+    from nltk.tokenize import punkt
+
+    def no_punkt_tab(language):
+        raise LookupError("punkt_tab not installed")
+
+    monkeypatch.setattr(punkt, "PunktTokenizer", no_punkt_tab)
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty"), str(tmp_path / "data")])
+    assert sentences.legacy_punkt_parameters() is None
+    with pytest.warns(UserWarning, match="untrained"):
+        monkeypatch.delenv(sentences.PUNKT_WARNED_ENV, raising=False)
+        assert sentences._new_punkt_tokenizer()._params.abbrev_types == set()
+    path = tmp_path / "data" / sentences.LEGACY_PUNKT_PICKLES[0]
+    path.parent.mkdir(parents=True)
+    path.write_bytes(pickle.dumps(trained_punkt, protocol=2))
+    tokenizer = sentences._new_punkt_tokenizer()
+    assert tokenizer._params.abbrev_types == trained_punkt._params.abbrev_types
+    monkeypatch.setattr(sentences, "_punkt_tokenizer", lambda: tokenizer)
+    assert sentences.punkt_has_english_parameters()
+    monkeypatch.setattr(sentences, "_punkt_tokenizer", lambda: punkt.PunktSentenceTokenizer())
+    assert not sentences.punkt_has_english_parameters()

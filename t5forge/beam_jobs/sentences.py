@@ -3,8 +3,9 @@
 TFDS counts sentences with NLTK's Punkt tokenizer and its English parameters,
 which it loads from a pickle that NLTK has withdrawn. We never unpickle: the
 `punkt` counter uses NLTK's pickle-free `punkt_tab` English parameters when that
-data is installed, and Punkt's untrained default parameters (with a warning)
-when it is not.
+data is installed; else the parameters read out of the legacy `punkt` pickle, where
+one is installed, by a loader that runs nothing in it (`legacy_punkt_parameters`);
+else Punkt's untrained default parameters, with a warning.
 
 A counter is any callable ``str -> int``. Counters defined here also declare two
 properties that `clean_page` uses to skip calls whose answer is already known
@@ -18,8 +19,10 @@ setup or regex as the counters of the same name.
 
 from __future__ import annotations
 
+import _compat_pickle
 import functools
 import os
+import pickle
 import re
 import threading
 import warnings
@@ -106,21 +109,118 @@ def _punkt_tokenizer():
 
 
 def _new_punkt_tokenizer():
+    """Punkt with C4's English parameters: NLTK's `punkt_tab` data, else the parameters read
+    out of the legacy `punkt` pickle without running it, else (with a warning) untrained."""
     from nltk.tokenize import punkt
 
     try:
         return punkt.PunktTokenizer("english")
     except LookupError:
-        if os.environ.get(PUNKT_WARNED_ENV):
-            return punkt.PunktSentenceTokenizer()
-        warnings.warn(
-            "NLTK's punkt_tab English parameters are not installed; counting "
-            "sentences with Punkt's default (untrained) parameters, which "
-            "differ from C4's on abbreviations. Install them with "
-            "`python -m nltk.downloader punkt_tab` for C4-exact counts.",
-            stacklevel=3,
-        )
+        pass
+    legacy = legacy_punkt_parameters()
+    if legacy is not None:
+        return punkt.PunktSentenceTokenizer(legacy)
+    if os.environ.get(PUNKT_WARNED_ENV):
         return punkt.PunktSentenceTokenizer()
+    warnings.warn(
+        "NLTK's English Punkt parameters are not installed (neither punkt_tab "
+        "nor the legacy punkt pickle); counting sentences with Punkt's default "
+        "(untrained) parameters, which differ from C4's on abbreviations. "
+        "Install them with `python -m nltk.downloader punkt_tab` (or copy "
+        "tokenizers/punkt_tab/english under a directory on NLTK_DATA) for "
+        "C4-exact counts.",
+        stacklevel=3,
+    )
+    return punkt.PunktSentenceTokenizer()
+
+
+# Where NLTK's `punkt` package (the one TFDS loads) keeps the English model, under a data root.
+LEGACY_PUNKT_PICKLES = ("tokenizers/punkt/PY3/english.pickle", "tokenizers/punkt/english.pickle")
+_PUNKT_PARAMETER_FIELDS = ("abbrev_types", "collocations", "sent_starters", "ortho_context")
+
+
+def legacy_punkt_parameters(path: str | None = None):
+    """PunktParameters from NLTK's withdrawn `english.pickle`, or None if there is none.
+
+    `path` None looks for `LEGACY_PUNKT_PICKLES` under NLTK's data roots (NLTK_DATA, ~/nltk_data,
+    ...). The pickle is read by an unpickler that runs nothing it names: every class of
+    `nltk.tokenize.punkt` becomes an inert record of its attributes, and any other global than
+    plain containers and numbers is refused (pickle.UnpicklingError naming it). Only the four
+    parameter sets are taken from it, into a fresh `PunktParameters`.
+    """
+    from nltk.tokenize import punkt
+
+    if path is None:
+        path = _find_legacy_punkt_pickle()
+        if path is None:
+            return None
+    with open(path, "rb") as file:
+        loaded = _InertUnpickler(file, encoding="latin1").load()
+    fields = _find_punkt_parameters(loaded)
+    if fields is None:
+        raise ValueError(f"{path}: no Punkt parameters in this pickle")
+    parameters = punkt.PunktParameters()
+    parameters.abbrev_types = set(fields["abbrev_types"])
+    parameters.collocations = {tuple(pair) for pair in fields["collocations"]}
+    parameters.sent_starters = set(fields["sent_starters"])
+    parameters.ortho_context.update(fields["ortho_context"])
+    return parameters
+
+
+def _find_legacy_punkt_pickle() -> str | None:
+    import nltk.data
+
+    for root in nltk.data.path:
+        for relative in LEGACY_PUNKT_PICKLES:
+            path = os.path.join(root, relative)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+class _InertObject:
+    """Stands in for a pickled Punkt object: keeps the attributes it is given, runs no code."""
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple):  # (dict state, slots state) of a class with __slots__
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        # Anything else is a class's own token (PunktLanguageVars pickles as 1): nothing to keep.
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """Resolves only plain data types; Punkt's classes become `_InertObject` subclasses."""
+
+    _DATA_TYPES = {
+        ("builtins", name)
+        for name in ("set", "frozenset", "dict", "list", "tuple", "int", "str", "object")
+    } | {("collections", "defaultdict"), ("copyreg", "_reconstructor")}
+
+    def find_class(self, module, name):
+        # Python 2 names (pickles of protocol < 3 use them: __builtin__.long for int), mapped
+        # as pickle itself maps them.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if module == "nltk.tokenize.punkt":
+            return type(name, (_InertObject,), {})
+        if (module, name) in self._DATA_TYPES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a Punkt pickle")
+
+
+def _find_punkt_parameters(loaded, depth: int = 0) -> dict | None:
+    """The attribute dict holding Punkt's four parameter sets, searched through `loaded`."""
+    attributes = getattr(loaded, "__dict__", None)
+    if not isinstance(attributes, dict) or depth > 4:
+        return None
+    if all(field in attributes for field in _PUNKT_PARAMETER_FIELDS):
+        return attributes
+    for value in attributes.values():
+        found = _find_punkt_parameters(value, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def punkt_count(text: str) -> int:
@@ -134,10 +234,8 @@ def punkt_spans(text: str) -> Iterator[tuple[int, int]]:
 
 
 def punkt_has_english_parameters() -> bool:
-    """Whether `punkt` runs with NLTK's trained English parameters."""
-    from nltk.tokenize import punkt
-
-    return type(_punkt_tokenizer()) is not punkt.PunktSentenceTokenizer
+    """Whether `punkt` runs with NLTK's trained English parameters (from either source)."""
+    return bool(_punkt_tokenizer()._params.abbrev_types)  # untrained Punkt knows none
 
 
 # A break: end punctuation, optional closing quotes/brackets, then whitespace
