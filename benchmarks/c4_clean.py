@@ -56,7 +56,7 @@ def main() -> int:
         return len(plain_punkt.tokenize(text))
 
     english = sentences.punkt_has_english_parameters()
-    print("punkt parameters:", "NLTK English" if english else "Punkt defaults (no punkt_tab, no legacy pickle)")
+    print("punkt parameters:", "NLTK English" if english else "Punkt defaults (not installed)")
 
     def run_tfds(count):
         c4_utils._get_sentences = lambda text: [None] * count(text)
