@@ -475,7 +475,10 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
     output = args.output or (DEMO_OUTPUT if demo else None)
     if output is None:
         raise UsageError("--output DIR is required with --input, --input-list or --cc-version")
-    job.check_output(output, args.overwrite or demo)
+    # Only the default demo directory is replaced without --overwrite: a forgotten --input
+    # must not turn `--output my-corpus/` into the demo corpus over the user's own.
+    overwrite = args.overwrite or (demo and args.output is None)
+    job.check_output(output, overwrite)
     words, badwords_source = _load_c4_badwords(args, demo)
     domains = (
         _load_realnews_domains(args.realnews_domains) if args.variant == "realnewslike" else None
@@ -499,7 +502,7 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
             pipeline, paths, config, tmp, args.download_dir, progress
         ),
         output_dir=output,
-        overwrite=args.overwrite or demo,
+        overwrite=overwrite,
         own_files=lambda name: name.startswith("c4-") or name in ("stats.json", "report.html"),
         beam_args=beam_args,
         workers=args.workers,

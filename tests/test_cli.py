@@ -60,6 +60,13 @@ def test_demo_build(tmp_path):
     assert "WET records read" in result.stdout
     # Running it again replaces the demo corpus.
     assert run(["build-c4", "--workers", "1"], tmp_path).returncode == 0
+    # But not a corpus at an --output the user named (a forgotten --input): that needs --overwrite.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "c4-train.tfrecord-00000-of-00001").write_bytes(b"the user's own shard")
+    result = run(["build-c4", "--output", "mine", "--workers", "1"], tmp_path)
+    assert_usage_error(result, "--output mine", "--overwrite")
+    assert (mine / "c4-train.tfrecord-00000-of-00001").read_bytes() == b"the user's own shard"
 
 
 def assert_usage_error(result, *needles):
