@@ -396,7 +396,10 @@ def test_damaged_input_is_in_the_summary_and_beam_options_pass(tmp_path):
     assert "Damaged input" in (tmp_path / "o" / "report.html").read_text()
 
 
-def test_ctrl_c_removes_what_the_job_created_in_one_line(tmp_path):
+@pytest.mark.parametrize("target", ["process group", "job process"])
+def test_ctrl_c_removes_what_the_job_created_in_one_line(tmp_path, target):
+    """Ctrl-C in a terminal signals the whole group (Beam's workers too); `kill -INT PID` only
+    the job's process, which must then stop its workers itself rather than wait for them."""
     import signal
     import time
 
@@ -417,7 +420,10 @@ def test_ctrl_c_removes_what_the_job_created_in_one_line(tmp_path):
         assert time.time() < deadline and process.poll() is None, "the job never started"
         time.sleep(0.05)
     time.sleep(1)
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    if target == "process group":
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    else:
+        os.kill(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "t5forge build-c4: interrupted; nothing written"

@@ -14,8 +14,10 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -334,15 +336,52 @@ def _run_pipeline(
     progress_dir = os.path.join(tmp_dir, ".progress") if local and total_files else None
     progress = _FileProgress(progress_dir, total_files) if progress_dir else None
     started = time.time()
+    runner = _local_runner(options) if local else None
     try:
-        pipeline = beam.Pipeline(runner=_local_runner(options) if local else None, options=options)
+        pipeline = beam.Pipeline(runner=runner, options=options)
         build(pipeline, tmp_dir, progress_dir)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with _workers_stopped_on_interrupt() if runner else contextlib.nullcontext():
+            result = pipeline.run()
+            result.wait_until_finish()
         return collect_counters(result), time.time() - started
     finally:
         if progress:
             progress.close()
+
+
+@contextlib.contextmanager
+def _workers_stopped_on_interrupt():
+    """A SIGINT to the job's process also ends the local runner's worker processes.
+
+    A terminal's Ctrl-C reaches the workers by itself, but a SIGINT sent to the job's process
+    alone (kill -INT PID, a supervisor, a notebook's interrupt) does not; Beam's shutdown then
+    waits for workers that may never finish. Each `sdk_worker` records its pid in a directory
+    named by `sdk_worker.PID_DIR_ENV`; on SIGINT this process marks the directory interrupted
+    (a worker still starting up sees the mark and exits), signals every recorded worker, and
+    then interrupts itself as before. Only in the main thread, where signals are delivered.
+    """
+    from t5forge.beam_jobs import sdk_worker
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid_dir = tempfile.mkdtemp(prefix="t5forge-workers-")
+    os.environ[sdk_worker.PID_DIR_ENV] = pid_dir  # Beam starts workers with this environment
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        sdk_worker.stop_workers(pid_dir)
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        os.environ.pop(sdk_worker.PID_DIR_ENV, None)
+        shutil.rmtree(pid_dir, ignore_errors=True)
 
 
 def _local_runner(options):
