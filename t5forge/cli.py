@@ -427,7 +427,10 @@ def _load_c4_badwords(args, demo: bool):
     if args.no_badwords or args.variant in ("en.noclean", "en.noblocklist"):
         return None, "off"
     if args.badwords:
-        return badwords.load_badwords(args.badwords), f"file {args.badwords}"
+        # load_badwords takes a file (English) or a directory of per-language lists; stats.json
+        # says which it was, as build-mc4 does.
+        kind = "directory" if os.path.isdir(args.badwords) else "file"
+        return badwords.load_badwords(args.badwords), f"{kind} {args.badwords}"
     try:
         path = badwords.fetch_word_list("en", badwords.EN_COMMIT, badwords.default_cache_dir())
     except OSError as e:
@@ -491,7 +494,10 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
         output_format=args.format,
         shard_bytes=args.shard_size_mb << 20,
     )
-    _check_sentence_splitter(args.sentence_splitter)
+    # Only clean_page (and the line dedup after it) counts sentences: a variant without it
+    # never loads the splitter, so a warning about its parameters would be noise.
+    if c4.VARIANTS[args.variant].clean:
+        _check_sentence_splitter(args.sentence_splitter)
     print(
         f"build-c4: {len(paths)} WET file(s) -> {output} "
         f"(variant {args.variant}, {args.format}, sentence splitter {args.sentence_splitter})",

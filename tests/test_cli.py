@@ -448,3 +448,76 @@ def test_ctrl_c_once_the_corpus_is_in_place_says_it_was_written(tmp_path, monkey
         "t5forge build-c4: interrupted after the corpus was written to o; "
         "t5forge report o redraws its report"
     )
+
+
+def test_inputs_that_are_not_warc_files_are_damage(tmp_path):
+    """Plain text (or an empty file) given as WET input holds no WARC record: damaged input,
+    so a job of nothing else exits 2 and writes nothing, and one among good files is counted."""
+    (tmp_path / "garbage.wet.gz").write_text("hello world\nthis is plain text, not WARC\n")
+    (tmp_path / "empty.wet.gz").write_bytes(b"")
+    args = ["build-c4", "--output", "o", "--no-badwords", "--workers", "1"]
+    result = run([*args, "--input", "garbage.wet.gz", "empty.wet.gz"], tmp_path)
+    assert_usage_error(result, "no page could be read", "not WARC/WET files (no WARC record): 2")
+    assert not (tmp_path / "o").exists()
+    result = run(
+        [*args, "--input", "garbage.wet.gz", DEMO_WET, "--format", "jsonl", "--sentence-splitter",
+         "regex"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    read = json.loads((tmp_path / "o" / "stats.json").read_text())["counters"]["split-wet-file"]
+    assert read["corrupt:not_a_warc_file"] == 1
+    assert read["passed"] == 310 and read["filtered:no_url"] == 1  # the demo's warcinfo record
+    assert "corrupt:not_a_warc_file" in result.stdout and "Damaged input" in result.stdout
+    assert "corrupt:not_a_warc_file" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_badwords_source_says_file_or_directory(tmp_path):
+    import argparse
+
+    from t5forge import cli
+
+    (tmp_path / "bwdir").mkdir()
+    (tmp_path / "bwdir" / "en").write_text("zzzbadword\n")
+    (tmp_path / "bw.txt").write_text("zzzbadword\n")
+    for path, source in ((tmp_path / "bwdir", "directory"), (tmp_path / "bw.txt", "file")):
+        args = argparse.Namespace(no_badwords=False, variant="en", badwords=str(path))
+        words, recorded = cli._load_c4_badwords(args, demo=False)
+        assert words == {"en": {"zzzbadword"}}
+        assert recorded == f"{source} {path}"
+
+
+@pytest.mark.parametrize(
+    "variant, warned",
+    [("en", True), ("en.noblocklist", True), ("realnewslike", True), ("en.noclean", False)],
+)
+def test_punkt_warning_only_for_variants_that_count_sentences(
+    tmp_path, monkeypatch, capsys, variant, warned
+):
+    """en.noclean runs no clean_page, so it never counts sentences: no punkt warning."""
+    import logging
+
+    from t5forge import cli
+    from t5forge.beam_jobs import job, sentences
+
+    monkeypatch.setattr(sentences, "punkt_has_english_parameters", lambda: False)
+    monkeypatch.setenv(sentences.PUNKT_WARNED_ENV, "")  # restored after the test
+
+    def stop(output_dir, **settings):
+        raise ValueError("stopped before the job ran")
+
+    monkeypatch.setattr(job, "run_job", stop)
+    (tmp_path / "domains.json").write_text(json.dumps({"python.org": 1}))
+    args = ["build-c4", "--input", DEMO_WET, "--output", "o", "--no-badwords",
+            "--variant", variant, "--realnews-domains", "domains.json"]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    try:
+        assert cli.main(args) == 2
+    finally:
+        beam_logger.setLevel(level)  # main quiets Beam for the whole process
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].endswith("stopped before the job ran")
+    assert ("warning: punkt runs without English parameters" in err) is warned
+    assert os.listdir(tmp_path) == ["domains.json"]

@@ -336,3 +336,23 @@ def test_cli_reports_progress_on_stderr(tmp_path, tiny_text, capsys):
     assert "training SentencePiece (bpe, 60 pieces) on 20 sentences" in captured.err
     assert re.search(r"trained in \d+\.\d s", captured.err)
     assert '"sentences_sampled": 20' in captured.out  # stdout keeps only the settings
+
+
+def test_raw_wet_file_is_refused_with_a_pointer_to_build_c4(tmp_path, capsys):
+    """train-spm on a WET file trained on its WARC headers; it must ask for a corpus first."""
+    from conftest import DEMO_WET
+
+    from t5forge.cli import main
+
+    plain = tmp_path / "demo.warc.wet"
+    plain.write_bytes(gzip.decompress(open(DEMO_WET, "rb").read()))
+    for path in (DEMO_WET, str(plain)):
+        with pytest.raises(CorpusError, match=re.escape(f"t5forge build-c4 --input {path}`")):
+            train_sentencepiece([path], str(tmp_path / "out" / "spm"), 100)
+        assert listing(tmp_path / "out") is None
+    code = main(["train-spm", "--input", str(plain), "--output", str(tmp_path / "spm"),
+                 "--vocab-size", "60"])  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert last.startswith(f"t5forge train-spm: error: {plain}: a WARC/WET file")
+    assert listing(tmp_path) == ["demo.warc.wet"]

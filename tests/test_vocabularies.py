@@ -288,3 +288,32 @@ def test_cli_errors_and_inspect(spm_model, corpus, tmp_path):
     assert result.returncode == 0
     assert "1599=<extra_id_0>" in result.stdout
     assert "<extra_id_0> = 1599" in result.stdout
+
+
+def test_raw_wet_file_is_refused_with_a_pointer_to_build_c4(tmp_path):
+    """A WET file read as plain text would yield its WARC headers as documents."""
+    import collections
+
+    plain = tmp_path / "demo.warc.wet"
+    plain.write_bytes(gzip.decompress(open(DEMO_WET, "rb").read()))
+    named_jsonl = tmp_path / "crawl.jsonl"
+    named_jsonl.write_bytes(plain.read_bytes())
+    for path in (DEMO_WET, str(plain), str(named_jsonl)):
+        message = (
+            rf"^{re.escape(path)}: a WARC/WET file .*`t5forge build-c4 --input {re.escape(path)}`"
+        )
+        with pytest.raises(records.CorpusError, match=message):
+            list(records.iter_documents(path))
+        # Not damage to count and skip in a long job: the wrong input.
+        with pytest.raises(records.CorpusError, match=message):
+            list(records.iter_documents(path, damage=collections.Counter()))
+    with pytest.raises(records.CorpusError, match="build-c4 --input"):
+        tokenize.tokenize_corpus("byte", [str(tmp_path)], str(tmp_path / "o"), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["crawl.jsonl", "demo.warc.wet"]
+    # Text that merely mentions WARC first is still a text corpus.
+    text = tmp_path / "notes.txt"
+    text.write_text("WARC/1.0 is the web archive format.\nWARC/1.1\n")
+    assert list(records.iter_documents(str(text))) == [
+        "WARC/1.0 is the web archive format.",
+        "WARC/1.1",
+    ]

@@ -220,3 +220,50 @@ def test_http_download_and_read(tmp_path, serve_directory):
     pages = list(wet.read_wet_file(paths[0], download_dir=str(dl)))
     assert [p.url for p in pages] == URLS
     assert os.listdir(dl) == []  # the download is removed after reading
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"hello world\nthis is plain text, not WARC\n",
+        gzip.compress(b"hello world\nthis is gzipped text, not WARC\n", mtime=0),
+        b"",
+        gzip.compress(b"", mtime=0),
+        b"\n  \r\n",
+    ],
+    ids=["plain-text", "gzipped-text", "empty", "empty-gzip", "blank-lines"],
+)
+def test_file_without_a_warc_record_is_counted_as_damaged(data):
+    # Not a filtered page ("filtered:no_url", as TFDS would count a gzipped one): the wrong input.
+    pages, counts = read(data)
+    assert pages == []
+    assert counts == {"corrupt:not_a_warc_file": 1}
+
+
+def test_files_with_warc_records_are_not_called_not_warc():
+    plain = b"".join(valid_file())
+    # Uncompressed WET, and junk before the first record (judged as TFDS judges it: a page).
+    for data in (plain, b"junk line\n" + plain, members(*valid_file())):
+        pages, counts = read(data)
+        assert [p.url for p in pages] == URLS
+        assert "corrupt:not_a_warc_file" not in counts
+    # Another WARC version: not TFDS's delimiter, so one page as in TFDS, but a WARC file.
+    pages, counts = read(plain.replace(b"WARC/1.0", b"WARC/1.1"))
+    assert counts == {"passed": 1}
+    # Decoding damage that left no text is counted as that damage, not as a second one.
+    _, counts = read(b"\x1f\x8b\x08" + b"x" * 100)
+    assert counts["corrupt:bad_gzip_member"] == 1
+    assert "corrupt:not_a_warc_file" not in counts
+
+
+def test_not_a_warc_file_is_counted_by_read_wet_file(tmp_path):
+    (tmp_path / "text.wet.gz").write_bytes(b"just some text\n")
+    (tmp_path / "good.wet.gz").write_bytes(members(*valid_file()))
+    counts = collections.Counter()
+    pages = [
+        p
+        for name in ("text.wet.gz", "good.wet.gz")
+        for p in wet.read_wet_file(str(tmp_path / name), lambda n, a=1: counts.update({n: a}))
+    ]
+    assert [p.url for p in pages] == URLS
+    assert counts == {"wet-file": 2, "corrupt:not_a_warc_file": 1, "passed": 5}

@@ -23,6 +23,7 @@ _DAMAGE_PREFIXES = ("corrupt:", "skipped:")
 INPUT_DAMAGE = {
     "corrupt:unreadable_file": "input files that could not be opened",
     "corrupt:read_error": "input files that failed part-way through reading",
+    "corrupt:not_a_warc_file": "input files that are not WARC/WET files (no WARC record)",
     "corrupt:truncated_file": "input files cut off before their end",
     "corrupt:bad_gzip_member": "corrupt gzip members skipped",
     "corrupt:lost_record": "records lost in damaged data",

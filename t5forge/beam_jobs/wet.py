@@ -8,7 +8,8 @@ stripped, empty ones skipped, header-looking lines (``WARC*``, ``Content-*``,
 Where TFDS decodes a whole file strictly and dies on the first bad byte, we
 decode one record at a time: a bad gzip member, a truncated file or invalid
 UTF-8 loses only the records it touches, each loss is counted, and reading
-resumes at the next gzip member.
+resumes at the next gzip member. Uncompressed WET files are read too; a file
+without a single WARC record (not a WARC file at all) is counted as damaged.
 """
 
 from __future__ import annotations
@@ -197,6 +198,19 @@ def _is_delimiter(line: bytes) -> bool:
         return False
 
 
+_VERSION_LINE = re.compile(r"WARC/\d+\.\d+")
+
+
+def _is_version_line(line: bytes) -> bool:
+    """Whether `line` is a WARC record's version line ("WARC/1.0", "WARC/1.1", ...)."""
+    if b"WARC/" not in line:
+        return False
+    try:
+        return _VERSION_LINE.fullmatch(line.decode("utf-8").strip()) is not None
+    except UnicodeDecodeError:
+        return False
+
+
 def _parse_record(lines: list[bytes], count: CounterFn) -> Page | None:
     """Builds a page from one record's lines exactly as `split_wet_file` does."""
     try:
@@ -243,20 +257,34 @@ def parse_wet_stream(raw: BinaryIO, count: CounterFn = _ignore) -> Iterator[Page
       raw: the file's bytes, gzip-compressed (one or many members) or plain.
       count: called as ``count(name)`` for every record outcome: "passed",
         "filtered:no_url|no_content|no_timestamp" (TFDS's names) and
-        "corrupt:bad_gzip_member|truncated_file|invalid_utf8|lost_record".
+        "corrupt:bad_gzip_member|truncated_file|invalid_utf8|lost_record"; and
+        "corrupt:not_a_warc_file" once for an intact stream without a single WARC version line
+        (empty, or not a WARC/WET file at all), which then yields nothing.
     """
+    decoding_damaged = False
+
+    def count_decoding(name: str, amount: int = 1) -> None:
+        nonlocal decoding_damaged
+        decoding_damaged = True
+        count(name, amount)
+
     head = raw.read(2)
     if head == _GZIP_MAGIC[:2]:
-        chunks = _decompressed_chunks(_Prepend(head, raw), count)
+        chunks = _decompressed_chunks(_Prepend(head, raw), count_decoding)
     else:
         chunks = _plain_chunks(_Prepend(head, raw))
     record: list[bytes] = []
     damaged = False
     first = True
+    # Real WET files start with a "WARC/1.0" warcinfo record, so this is settled on their first
+    # line; only a stream without one pays for the check on later lines.
+    warc = False
     for line in _raw_lines(chunks):
         if line is _LOST:
             damaged = True
             continue
+        if not warc and _is_version_line(line):
+            warc = True
         if _DELIMITER_BYTES in line and _is_delimiter(line):
             # TFDS does not judge the (empty) page before a first delimiter.
             if not first or record:
@@ -272,6 +300,13 @@ def parse_wet_stream(raw: BinaryIO, count: CounterFn = _ignore) -> Iterator[Page
         first = False
     if damaged:
         count("corrupt:lost_record")
+    elif not warc and not decoding_damaged:
+        # Not a WARC file (plain text, another format, an empty file): TFDS would judge the whole
+        # file as one page ("filtered:no_url") or, not gzip, fail the job on it. It is the
+        # wrong input, not a filtered page: counting it as damage lets `require_pages_read`
+        # reject a job whose every input is like this. (Where decoding already lost data, that
+        # damage is counted and the file is judged as before.)
+        count("corrupt:not_a_warc_file")
     elif record or first:
         page = _parse_record(record, count)
         if page is not None:
@@ -321,7 +356,8 @@ def read_wet_file(
 
     `path` is anything Beam's FileSystems opens (local, gs://, s3://, ...) or
     an http(s) URL, which is downloaded first. A file that cannot be opened at
-    all is counted as "corrupt:unreadable_file" and logged; one of TFDS's
+    all is counted as "corrupt:unreadable_file" and logged, one that holds no
+    WARC record at all as "corrupt:not_a_warc_file"; one of TFDS's
     `KNOWN_CORRUPT_WET_FILES` is not read ("skipped:known_corrupt_file").
     """
     count("wet-file")
@@ -335,8 +371,15 @@ def read_wet_file(
         logging.warning("cannot open WET file %s: %s", path, e)
         count("corrupt:unreadable_file")
         return
+
+    def count_and_log(name: str, amount: int = 1) -> None:
+        if name == "corrupt:not_a_warc_file":
+            # The counter alone cannot say which input it was; the log can.
+            logging.warning("skipping %s: not a WARC/WET file (no WARC record in it)", path)
+        count(name, amount)
+
     try:
-        yield from parse_wet_stream(raw, count)
+        yield from parse_wet_stream(raw, count_and_log)
     except OSError as e:
         logging.warning("error while reading WET file %s: %s", path, e)
         count("corrupt:read_error")

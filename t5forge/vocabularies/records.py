@@ -3,6 +3,7 @@
 Understands what `build-c4` / `build-mc4` write (TFRecord files of tf.Example
 with a "text" feature; gzipped JSON lines with a "text" field) and plain text
 (UTF-8, one document per line). A directory means every corpus file under it.
+A raw WARC/WET file is refused with a pointer to `build-c4`, which makes a corpus of it.
 Damaged input raises `CorpusError` naming the file, never yields garbage; or, for long
 jobs, is counted and skipped (`iter_documents(..., damage=Counter())`).
 """
@@ -167,9 +168,7 @@ def iter_documents(
         for document in _documents(path, field):
             if isinstance(document, _BadLine):
                 if damage is None:
-                    raise CorpusError(
-                        f"{path}:{document.number}: not a JSON object with {field!r}"
-                    )
+                    raise CorpusError(f"{path}:{document.number}: not a JSON object with {field!r}")
                 bad_lines += 1
                 continue
             good += 1
@@ -211,6 +210,21 @@ class _BadLine(NamedTuple):
 
 
 _LINE_BREAK = re.compile("\r\n|\r|\n")  # what a universal-newline text reader splits on
+# A WARC record's version line: the first line of every WARC/WET file (Common Crawl's included).
+_WARC_VERSION_LINE = re.compile(rb"WARC/\d+\.\d+")
+
+
+def _check_not_warc(path: str, first_line: bytes) -> None:
+    """Refuses a raw WARC/WET file: read as text it would yield its headers as documents.
+
+    Only a first line that is a whole version line ("WARC/1.0") counts, so a text corpus whose
+    first document merely begins with "WARC/" is still read.
+    """
+    if _WARC_VERSION_LINE.fullmatch(first_line.strip()):
+        raise CorpusError(
+            f"{path}: a WARC/WET file (raw web crawl data), not a corpus; build a corpus from it "
+            f"first with `t5forge build-c4 --input {path}`"
+        )
 
 
 def _documents(path: str, field: str) -> Iterator[str | _BadLine]:
@@ -226,6 +240,8 @@ def _documents(path: str, field: str) -> Iterator[str | _BadLine]:
             return
         with _open_binary(path) as f:
             for number, raw_line in enumerate(f, 1):
+                if number == 1:
+                    _check_not_warc(path, raw_line)
                 try:
                     line = raw_line.decode("utf-8")
                 except UnicodeDecodeError as e:
