@@ -177,3 +177,60 @@ def test_fast_packer_export_equals_seqio_packer(corpus, tmp_path):
     for name in outputs["fast"].files:
         assert np.array_equal(outputs["fast"][name], outputs["seqio"][name]), name
     assert outputs["fast"]["encoder_segment_ids"].max() >= 2  # rows really hold several examples
+
+
+def _limit_memory():
+    # A regression would make TensorFlow allocate ~18 GiB (seen on inputs=1 before the
+    # check): fail fast with an allocation error instead of swapping the test machine.
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))
+
+
+def test_inputs_too_short_for_span_corruption_is_an_error_and_writes_nothing(corpus, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "t5forge.cli", "export", "--corpus", corpus, "--vocab", SPM,
+         "--task", "corpus_span_corruption", "--sequence-length", "inputs=1,targets=114",
+         "--examples", "2", "--output", "out"],
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=_limit_memory, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "t5forge export: error: corpus_span_corruption: sequence length inputs=1 is too short "
+        "for span_corruption (its segments would hold no document tokens); inputs must be at "
+        "least 2"
+    )
+    assert "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_of_an_empty_split_is_an_error_and_writes_nothing(tmp_path):
+    """A corpus whose validation split has no pages (the demo's, for one): an empty .npz
+    would look like a success and then fail in train with a misleading message."""
+    from t5forge.pipelines import register_corpus_tasks
+
+    corpus = tmp_path / "c4"
+    corpus.mkdir()
+    pages = list(wet.read_wet_file(DEMO_WET))[:3]
+    with open(corpus / "c4-train.tfrecord-00000-of-00001", "wb") as f:
+        for p in pages:
+            f.write(tfrecord_frame(encode_example({"text": p.text, "url": p.url})))
+    (corpus / "c4-validation.tfrecord-00000-of-00001").write_bytes(b"")
+    register_corpus_tasks("empty_val", str(corpus), SPM, replace=True)
+    out = tmp_path / "out"
+    with pytest.raises(
+        ValueError, match=r"--task empty_val_span_corruption: split 'validation' gave no examples"
+    ):
+        export.export_task(
+            "empty_val_span_corruption",
+            str(out / "val"),
+            {"inputs": 64, "targets": 16},
+            5,
+            split="validation",
+        )
+    assert not out.exists()
+    info = export.export_task(
+        "empty_val_span_corruption", str(out / "train"), {"inputs": 64, "targets": 16}, 5
+    )
+    assert info["examples"] == 5

@@ -745,6 +745,45 @@ def test_download_failures_leave_nothing(serve_directory, tmp_path):
         hf.download_hf_checkpoint("org/tiny", str(models / "m"), endpoint=server.url)
 
 
+def test_failed_download_removes_the_directories_it_made(
+    serve_directory, tmp_path, monkeypatch, capsys
+):
+    """`t5forge import-hf REPO` offline (or for a repo that does not exist) used to leave an
+    empty ./hf-checkpoints/ behind: the parents made for the download go with it, and only
+    those."""
+    import functools
+
+    from t5forge.cli import main as cli
+
+    (tmp_path / "hub").mkdir()
+    server = serve_directory(tmp_path / "hub")  # holds no repository: config.json is a 404
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        hf.download_hf_checkpoint("org/absent", str(work / "a" / "b" / "m"), endpoint=server.url)
+    assert os.listdir(work) == []
+    (work / "mine").mkdir()  # a parent that was there before stays
+    with pytest.raises(CheckpointError, match="no config.json"):
+        hf.download_hf_checkpoint("org/absent", str(work / "mine" / "x" / "m"), endpoint=server.url)
+    assert os.listdir(work) == ["mine"] and os.listdir(work / "mine") == []
+
+    # The command, with its default location (under the working directory), against the
+    # local server instead of the hub.
+    monkeypatch.chdir(work / "mine")
+    monkeypatch.setattr(
+        hf,
+        "download_hf_checkpoint",
+        functools.partial(hf.download_hf_checkpoint, endpoint=server.url),
+    )
+    assert cli(["import-hf", "org/absent"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert os.listdir(work / "mine") == []
+    monkeypatch.setenv("COLUMNS", "200")  # no line wrapping in the help
+    with pytest.raises(SystemExit):
+        cli(["import-hf", "--help"])
+    assert "(default: ./hf-checkpoints/OWNER--NAME)" in capsys.readouterr().out
+
+
 def test_bad_config_json_is_named(tmp_path):
     directory = copy_checkpoint("t5_1_0", tmp_path)
     hf_config = json.load(open(directory / "config.json"))

@@ -460,9 +460,18 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     np.savez(good, decoder_loss_weights=rows, **{name: rows for name in features})
     text = tmp_path / "notes.txt"
     text.write_text("not an export\n")
+    empty = tmp_path / "empty.npz"
+    np.savez(empty)  # what exporting an empty split used to write
+    big = tmp_path / "big.npz"  # ids up to 1099, as from a 1000-piece vocabulary
+    big_rows = np.full((16, 8), 1099, np.int32)
+    np.savez(big, decoder_loss_weights=rows, **{name: big_rows for name in features})
+    tiny_500 = ["--model", "t5.1.1-tiny", "--override", "vocab_size=500"]
     cases = [
         (tmp_path / "missing.npz", [], "missing.npz"),
         (text, [], "not a .npz file"),
+        (empty, [], f"--data {empty}: holds no examples"),
+        (big, tiny_500, f"--data {big}: holds token id 1099, but the model's vocab_size is 500"),
+        (good, [*tiny_500, "--eval-data", str(big)], f"--eval-data {big}: holds token id 1099"),
         (bad, [], "missing features"),
         (bad, ["--model", "t5.9-huge"], "unknown model config"),
         (good, ["--model", "t5.1.1-tiny", "--mesh", "data=3,pipeline=2"], "--mesh"),
@@ -480,6 +489,76 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
         assert not output.exists()  # no partial output
 
 
+def test_model_info_without_a_name_says_one_is_needed(capsys):
+    assert cli(["model-info"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert lines[0] == "t5forge model-info: error: give a model NAME (or --list); the names:"
+    assert "t5.1.1-small" in lines and captured.out == ""
+    assert cli(["model-info", "--list"]) == 0  # what --help says lists them
+    captured = capsys.readouterr()
+    assert "t5.1.1-small" in captured.out.splitlines() and captured.err == ""
+
+
+def test_out_of_memory_is_one_line_and_removes_only_a_new_run_directory(
+    tmp_path, capsys, monkeypatch
+):
+    """XLA's RESOURCE_EXHAUSTED (a batch too large for the device) becomes exit 2 with a
+    hint; the directory is removed only where this run created it and wrote no checkpoint.
+    The step is replaced by one that raises what XLA raises: a real out-of-memory would
+    depend on the machine's memory and overcommit settings."""
+    import jax
+
+    from t5forge.model import trainer
+
+    data = tmp_path / "data.npz"
+    rows = np.ones((16, 8), np.int32)
+    features = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+    np.savez(data, decoder_loss_weights=rows, **{name: rows for name in features})
+    checkpoint_first = []
+
+    def out_of_memory(config, *args, **kwargs):
+        os.makedirs(os.path.join(config.output, "checkpoints"), exist_ok=True)
+        open(os.path.join(config.output, "metrics.jsonl"), "w").close()
+        if checkpoint_first:
+            os.makedirs(os.path.join(config.output, "checkpoints", "4"))
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory allocating 566581353424 bytes."
+        )
+
+    monkeypatch.setattr(trainer, "train", out_of_memory)
+
+    def run(output, *extra):
+        args = ["train", "--data", str(data), "--model", "t5.1.1-tiny", "--steps", "1",
+                "--batch-size", "100000", "--output", str(output), *extra]  # fmt: skip
+        code = cli(args)
+        return code, capsys.readouterr().err.strip()
+
+    code, err = run(tmp_path / "new")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "out of device memory at --batch-size 100000" in err
+    assert "smaller --batch-size" in err and "--grad-accum N" in err
+    assert not (tmp_path / "new").exists()
+
+    mine = tmp_path / "mine"  # the user's directory (or a --resume): never removed
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep\n")
+    assert run(mine, "--resume")[0] == 2
+    assert (mine / "notes.txt").read_text() == "keep\n"
+
+    checkpoint_first.append(True)  # a new run that got as far as a checkpoint keeps it
+    assert run(tmp_path / "later")[0] == 2
+    assert (tmp_path / "later" / "checkpoints" / "4").is_dir()
+
+    def other_error(config, *args, **kwargs):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(trainer, "train", other_error)  # not memory: not hidden
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        cli(["train", "--data", str(data), "--model", "t5.1.1-tiny", "--steps", "1",
+             "--output", str(tmp_path / "other")])  # fmt: skip
+
+
 def test_model_info_prints_the_published_parameter_count(capsys):
     assert cli(["model-info", "t5.1.1-small"]) == 0
     out = capsys.readouterr().out
@@ -489,9 +568,7 @@ def test_model_info_prints_the_published_parameter_count(capsys):
     assert info["encoder_layers"] == info["decoder_layers"] == 32 and info["d_kv"] == 64
 
 
-def test_quickstart_refuses_bad_values_and_leaves_nothing_when_a_stage_fails(
-    tmp_path, monkeypatch
-):
+def test_quickstart_refuses_bad_values_and_leaves_nothing_when_a_stage_fails(tmp_path, monkeypatch):
     from t5forge import quickstart as qs
 
     for kwargs, flag in (
@@ -674,6 +751,48 @@ def test_import_hf_prints_a_train_command_that_continues_the_checkpoint(tmp_path
     # A model that does not match the checkpoint is refused with the flags that would.
     assert cli(["train", "--init-from", fixture, "--model", "t5.1.1-tiny"] + run[:-2]) == 2
     assert "--model t5-efficient-tiny" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("span_arrays")  # registers the trainer_test_* tasks
+def test_cli_train_refuses_a_task_vocabulary_larger_than_the_model(tmp_path, capsys):
+    args = [
+        "train", "--task", "trainer_test_span_corruption", "--model", "t5.1.1-tiny",
+        "--override", "vocab_size=2000", "--sequence-length", "inputs=128,targets=29",
+        "--batch-size", "4", "--steps", "1", "--output", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "--task trainer_test_span_corruption: its inputs vocabulary has 2100 ids" in err
+    assert "vocab_size is 2000" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_checkpoint_notice_and_absolute_summary_paths(
+    tmp_path, span_arrays, capsys, monkeypatch
+):
+    """--resume into a directory without a checkpoint starts from step 0 and says so on
+    stderr; the summary gives the checkpoints and metrics paths both absolute."""
+    args = _tiny_train_args(
+        tmp_path, span_arrays[0], 8, "--steps", "1", "--batch-size", "4", "--no-tensorboard",
+        "--checkpoint-every", "0",
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    args[args.index("--output") + 1] = "run"  # relative, as typed
+    assert cli(args + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    run_dir = os.path.realpath(tmp_path / "run")
+    assert (
+        f"t5forge train: --resume: no checkpoint in {run_dir}/checkpoints; starting from step 0"
+        in captured.err.splitlines()
+    )
+    assert "no checkpoint in" not in captured.out
+    out = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in captured.out.splitlines()
+           if line.startswith(("checkpoints: ", "metrics: "))}  # fmt: skip
+    assert out == {
+        "checkpoints": os.path.join(run_dir, "checkpoints"),
+        "metrics": os.path.join(run_dir, "metrics.jsonl"),
+    }
 
 
 def _tiny_train_args(tmp_path, arrays, rows: int, *options: str) -> list[str]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 EXIT_DIVERGED = 3
+HF_DOWNLOAD_ROOT = "hf-checkpoints"  # import-hf's default download location, under the cwd
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -45,7 +47,10 @@ def add_parsers(sub) -> None:
         "FLOPs per example/token (no parameters are allocated).",
     )
     p.add_argument(
-        "name", nargs="?", metavar="NAME", help="e.g. t5.1.1-base, t5-efficient-small-el16"
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="e.g. t5.1.1-base, t5-efficient-small-el16 (required unless --list)",
     )
     p.add_argument("--list", action="store_true", help="list the named architectures")
     p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE")
@@ -80,7 +85,11 @@ def add_parsers(sub) -> None:
         "architecture and the `t5forge train --init-from` command that continues training it.",
     )
     p.add_argument("source", metavar="DIR_OR_REPO")
-    p.add_argument("--download-dir", metavar="DIR", help="where a hub checkpoint is saved")
+    p.add_argument(
+        "--download-dir",
+        metavar="DIR",
+        help=f"where a hub checkpoint is saved (default: ./{HF_DOWNLOAD_ROOT}/OWNER--NAME)",
+    )
     p.add_argument("--revision", default="main")
     p.set_defaults(handler=run_import_hf)
 
@@ -238,14 +247,20 @@ def register_tasks(args) -> list[str]:
     return register_corpus_tasks(args.prefix, args.corpus, args.vocab)
 
 
-def build_data(args, process_index: int = 0, process_count: int = 1):
-    """(train batches, eval batches or None) from the command's data arguments."""
+def build_data(args, process_index: int = 0, process_count: int = 1, vocab_size: int | None = None):
+    """(train batches, eval batches or None) from the command's data arguments.
+
+    With `vocab_size` (the model's), data holding larger token ids is refused here, before
+    the run's directory exists, rather than training on to a NaN loss.
+    """
     from t5forge.model import data
 
     common = dict(process_index=process_index, process_count=process_count)
     eval_batches = None
     if args.data:
         arrays = data.load_exported(args.data)
+        if vocab_size is not None:
+            data.check_token_ids(arrays, vocab_size, f"--data {args.data}")
         if args.eval_fraction:
             count = len(arrays["encoder_input_tokens"])
             arrays, held = data.hold_out(
@@ -271,6 +286,8 @@ def build_data(args, process_index: int = 0, process_count: int = 1):
             seed=args.seed,
             **common,
         )
+        if vocab_size is not None:
+            data.check_task_vocabulary(args.task, vocab_size)
         if args.eval_split:
             held = data.task_arrays(
                 args.task,
@@ -282,8 +299,11 @@ def build_data(args, process_index: int = 0, process_count: int = 1):
             )
             eval_batches = data.ArrayBatches(held, args.batch_size, shuffle=False, **common)
     if args.eval_data:
+        held = data.load_exported(args.eval_data, "--eval-data")
+        if vocab_size is not None:
+            data.check_token_ids(held, vocab_size, f"--eval-data {args.eval_data}")
         eval_batches = data.ArrayBatches(
-            data.load_exported(args.eval_data),
+            held,
             args.batch_size,
             shuffle=False,
             name=args.eval_data,
@@ -347,23 +367,30 @@ def run_train(args, extra: list[str]) -> int:
     if extra:
         raise ValueError(f"unknown arguments: {' '.join(extra)}")
     config = train_config_from_args(args)  # validates before anything heavy is imported
-    config.model_config()
+    model_config = config.model_config()
     _initialize_distributed(args)
     import jax
 
     from t5forge.model.trainer import TrainingDivergedError, train
 
+    # XLA's runtime errors (out of memory among them); XlaRuntimeError in older jax.
+    runtime_error = getattr(jax.errors, "JaxRuntimeError", None) or getattr(
+        jax.errors, "XlaRuntimeError", RuntimeError
+    )
+
     cache = compilation_cache_dir(args.compilation_cache)
     if cache is not None:
         jax.config.update("jax_compilation_cache_dir", cache)
 
-    train_batches, eval_batches = build_data(args, jax.process_index(), jax.process_count())
+    train_batches, eval_batches = build_data(
+        args, jax.process_index(), jax.process_count(), vocab_size=model_config.vocab_size
+    )
     init_params = None
     if args.init_from and not args.resume:
         from t5forge.model.hf_checkpoint import load_hf_checkpoint
 
         hf_config, init_params = load_hf_checkpoint(args.init_from)
-        mine = config.model_config()
+        mine = model_config
         for field in ARCHITECTURE_FIELDS:
             if getattr(hf_config, field) != getattr(mine, field):
                 raise ValueError(
@@ -371,11 +398,34 @@ def run_train(args, extra: list[str]) -> int:
                     f"--model {args.model} has {getattr(mine, field)}; use "
                     f"{model_flags(hf_config)}"
                 )
+    output_existed = os.path.exists(args.output)
     try:
-        summary = train(config, train_batches, eval_batches, init_params=init_params)
+        summary = train(
+            config,
+            train_batches,
+            eval_batches,
+            init_params=init_params,
+            notice=lambda message: print(f"t5forge train: {message}", file=sys.stderr),
+        )
     except TrainingDivergedError as e:
         print(f"t5forge train: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except runtime_error as e:
+        if not is_out_of_memory(e):
+            raise
+        # Nothing of a run that never got to a checkpoint is worth keeping: remove the
+        # directory this run made, so that the retry with a smaller batch starts clean. A
+        # directory that was there before (--resume, or the user's own) is never touched.
+        removed = ""
+        if not output_existed and not has_checkpoint(args.output):
+            shutil.rmtree(args.output, ignore_errors=True)
+            removed = f"; removed {args.output}"
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"out of device memory at --batch-size {args.batch_size} ({detail}){removed}; "
+            "use a smaller --batch-size, or keep it and split each step into microbatches "
+            "with --grad-accum N"
+        ) from None
     except KeyboardInterrupt:
         print(
             f"t5forge train: interrupted; continue with --resume --output {args.output}",
@@ -384,6 +434,18 @@ def run_train(args, extra: list[str]) -> int:
         return 130
     _print_summary(summary)
     return 0
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether a JAX runtime error is XLA running out of device (or host) memory."""
+    return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
+
+
+def has_checkpoint(output: str) -> bool:
+    """Whether a run directory holds a finished orbax checkpoint (a step-numbered directory;
+    an interrupted save is a temporary name, not a step number)."""
+    directory = os.path.join(output, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 def _print_summary(summary: dict) -> None:
@@ -399,8 +461,9 @@ def _print_summary(summary: dict) -> None:
     if summary.get("tokens_per_second"):
         line += f", {summary['tokens_per_second']:,.0f} tokens/s"
     print(line)
-    print(f"checkpoints: {summary['checkpoints']}")
-    print(f"metrics: {os.path.join(summary['output'], 'metrics.jsonl')}")
+    # Both absolute (checkpoints already is), so either can be pasted from anywhere.
+    print(f"checkpoints: {os.path.abspath(summary['checkpoints'])}")
+    print(f"metrics: {os.path.abspath(os.path.join(summary['output'], 'metrics.jsonl'))}")
 
 
 def run_plot(args, extra: list[str]) -> int:
@@ -426,9 +489,17 @@ def run_model_info(args, extra: list[str]) -> int:
     from t5forge.sequence_lengths import parse_sequence_length
 
     if args.list or not args.name:
+        # Without a NAME (and no --list) this is a usage error: say so on stderr, then list
+        # the names there too, so that stdout stays empty for a failed command.
+        out = sys.stdout if args.list else sys.stderr
+        if not args.list:
+            print("t5forge model-info: error: give a model NAME (or --list); the names:", file=out)
         for name in available_configs():
-            print(name)
-        print("t5-efficient-<size>[-el|dl|nl|ff|dm|kv|nh<N>...]   (e.g. t5-efficient-small-el16)")
+            print(name, file=out)
+        print(
+            "t5-efficient-<size>[-el|dl|nl|ff|dm|kv|nh<N>...]   (e.g. t5-efficient-small-el16)",
+            file=out,
+        )
         return 0 if args.list else 2
     lengths = parse_sequence_length(args.sequence_length)
     info = describe(
@@ -460,7 +531,7 @@ def run_import_hf(args, extra: list[str]) -> int:
             raise FileNotFoundError(
                 f"{source}: no such checkpoint directory (nor a hub repository id owner/name)"
             )
-        target = args.download_dir or os.path.join("hf-checkpoints", source.replace("/", "--"))
+        target = args.download_dir or os.path.join(HF_DOWNLOAD_ROOT, source.replace("/", "--"))
         try:
             hf_checkpoint.download_hf_checkpoint(source, target, revision=args.revision)
         except (OSError, hf_checkpoint.CheckpointError) as e:

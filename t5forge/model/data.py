@@ -39,20 +39,54 @@ def _check_features(arrays: Mapping[str, np.ndarray], source: str) -> None:
         raise DataError(f"{source}: features have different or zero example counts {count}")
 
 
-def load_exported(path: str) -> dict[str, np.ndarray]:
-    """The int32 features of an exported .npz, checked (DataError names the file)."""
+def load_exported(path: str, flag: str = "--data") -> dict[str, np.ndarray]:
+    """The int32 features of an exported .npz, checked (DataError names `flag` and the file)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--data {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    empty = f"{flag} {path}: holds no examples (an export of an empty split?); export again"
     with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # an .npz is a zip archive
-            raise DataError(f"--data {path}: not a .npz file (make one with t5forge export)")
+        magic = f.read(4)
+    # An .npz is a zip archive; one saved with no arrays (older exports of an empty split)
+    # is a bare end-of-archive record, which is a valid but empty file, not a foreign one.
+    if magic == b"PK\x05\x06":
+        raise DataError(empty)
+    if magic != b"PK\x03\x04":
+        raise DataError(f"{flag} {path}: not a .npz file (make one with t5forge export)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: np.asarray(npz[name], dtype=np.int32) for name in npz.files}
     except (OSError, ValueError) as e:
-        raise DataError(f"--data {path}: not a readable .npz export ({e})") from e
-    _check_features(arrays, f"--data {path}")
+        raise DataError(f"{flag} {path}: not a readable .npz export ({e})") from e
+    if not arrays:
+        raise DataError(empty)
+    _check_features(arrays, f"{flag} {path}")
     return arrays
+
+
+def token_id_range(arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """(smallest, largest) id in the token features (`*_tokens`: the encoder inputs, decoder
+    inputs and targets), whatever else the file holds; (0, 0) when they are empty."""
+    tokens = [a for name, a in arrays.items() if name.endswith("_tokens") and a.size]
+    if not tokens:
+        return 0, 0
+    return min(int(a.min()) for a in tokens), max(int(a.max()) for a in tokens)
+
+
+def check_token_ids(arrays: Mapping[str, np.ndarray], vocab_size: int, source: str) -> None:
+    """Raises DataError naming `source` when a token id is outside [0, vocab_size).
+
+    The embedding lookup does not fail on such ids: it reads garbage or clamps, so training
+    would run on and stop only when the loss becomes NaN, after writing a run directory.
+    """
+    smallest, largest = token_id_range(arrays)
+    if largest >= vocab_size:
+        raise DataError(
+            f"{source}: holds token id {largest}, but the model's vocab_size is {vocab_size}; "
+            "use a model (or --override vocab_size=N) whose vocabulary covers the data's, "
+            "or export with the model's vocabulary"
+        )
+    if smallest < 0:
+        raise DataError(f"{source}: holds a negative token id ({smallest})")
 
 
 class ArrayBatches:
@@ -187,6 +221,23 @@ def task_arrays(
     if not arrays:
         raise DataError(f"--task {task}: split {split!r} gave no examples")
     return arrays
+
+
+def check_task_vocabulary(task: str, vocab_size: int) -> None:
+    """Raises DataError when a seqio task's (or mixture's) vocabulary has more ids than the
+    model's `vocab_size` (needs seqio; the task must be registered)."""
+    _export_module(task)
+    import seqio
+
+    features = seqio.get_mixture_or_task(task).output_features
+    for name, feature in features.items():
+        size = int(feature.vocabulary.vocab_size)
+        if size > vocab_size:
+            raise DataError(
+                f"--task {task}: its {name} vocabulary has {size} ids (up to {size - 1}), but "
+                f"the model's vocab_size is {vocab_size}; use a model (or --override "
+                "vocab_size=N) whose vocabulary covers the task's"
+            )
 
 
 def _export_module(task: str):

@@ -1237,12 +1237,42 @@ def _replace_directory(source: str, target: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _temporary_sibling(directory: str) -> str:
+def _make_parents(directory: str) -> list[str]:
+    """Creates `directory` and its missing ancestors; returns those it created, outermost
+    first, so that a failure can remove exactly them (`_remove_created`)."""
+    missing = []
+    path = os.path.abspath(directory)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    os.makedirs(directory, exist_ok=True)
+    return missing[::-1]
+
+
+def _remove_created(created: list[str]) -> None:
+    """Removes the directories `_make_parents` created, innermost first, where still empty
+    (another process may have put something there meanwhile)."""
+    for path in reversed(created):
+        try:
+            os.rmdir(path)
+        except OSError:
+            break
+
+
+def _temporary_sibling(directory: str) -> tuple[str, list[str]]:
+    """(a new temporary directory beside `directory`, the parents made for it)."""
     parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    sibling = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    created = _make_parents(parent)
+    try:
+        sibling = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    except BaseException:
+        _remove_created(created)
+        raise
     os.chmod(sibling, 0o755)  # mkdtemp makes it private; the checkpoint it becomes is not
-    return sibling
+    return sibling, created
 
 
 def save_hf_checkpoint(
@@ -1276,7 +1306,7 @@ def save_hf_checkpoint(
         )
     tensors = hf_tensors_from_params(params, config, dtype)
     hf = config_to_hf(config, base=hf_config, dtype=dtype)
-    temporary = _temporary_sibling(directory)
+    temporary, created = _temporary_sibling(directory)
     try:
         with open(os.path.join(temporary, CONFIG_NAME), "w") as f:
             json.dump(hf, f, indent=2, sort_keys=True)
@@ -1302,6 +1332,7 @@ def save_hf_checkpoint(
         _replace_directory(temporary, directory)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
+        _remove_created(created)  # a failed write leaves no empty parent directories either
         raise
     return directory
 
@@ -1392,7 +1423,7 @@ def download_hf_checkpoint(
     base_url = f"{endpoint.rstrip('/')}/{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/"
     where = f"{repo_id}@{revision}"
 
-    temporary = _temporary_sibling(directory)
+    temporary, created = _temporary_sibling(directory)
     try:
 
         def fetch(file_name: str) -> str:
@@ -1432,5 +1463,7 @@ def download_hf_checkpoint(
         _replace_directory(temporary, directory)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
+        # e.g. ./hf-checkpoints/ made for a download that failed (offline, no such repo)
+        _remove_created(created)
         raise
     return directory

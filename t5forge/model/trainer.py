@@ -510,12 +510,15 @@ def train(
     *,
     on_step: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] = print,
+    notice: Callable[[str], None] | None = None,
     init_params: Any | None = None,
 ) -> dict:
     """Trains `config.model` on `train_data` (an ArrayBatches or TaskBatches).
 
     `init_params` (e.g. an imported Hugging Face checkpoint) replaces the random
     initialisation of a new run (continued pretraining, fine-tuning); ignored on --resume.
+    `log` takes the progress lines; `notice` (default: `log`) the ones a user must see
+    however progress is shown (the CLI prints them on stderr).
 
     Returns a summary: final step, last train/eval metrics, throughput, checkpoint directory.
     Raises TrainingDivergedError at the first step whose loss or gradient norm is not finite,
@@ -539,9 +542,10 @@ def train(
 
     init_start = time.perf_counter()
     resuming = config.resume and checkpoints.latest_step() is not None
-    if config.resume and not resuming:
-        # Scripts that always pass --resume (preemptible jobs) start this way; say so.
-        log(f"--resume: no checkpoint in {checkpoints.directory}; starting from step 0")
+    if config.resume and not resuming and jax.process_index() == 0:
+        # Scripts that always pass --resume (preemptible jobs) start this way; say so, as a
+        # notice rather than a progress line: a mistyped --output silently retrains from 0.
+        (notice or log)(f"--resume: no checkpoint in {checkpoints.directory}; starting from step 0")
     if initial is None and not resuming and _initialise_on_host():
         initial = random_params_on_host(model_config, lengths, config.seed)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -129,7 +129,13 @@ def export_task(
         seed=seed,
         shuffle=shuffle,
     )
-    count = len(next(iter(arrays.values()))) if arrays else 0
+    if not arrays:
+        # An empty .npz is of no use (train cannot read it) and looks like a success; like
+        # `train --eval-split`, say which split of which task was empty and write nothing.
+        raise ValueError(
+            f"--task {task}: split {split!r} gave no examples; nothing written to {output}"
+        )
+    count = len(next(iter(arrays.values())))
     info = {
         "task": task,
         "split": split,

@@ -272,6 +272,48 @@ def check_sequence_length(
     return tokens_length, needed
 
 
+def _segment_tokens(objective: str, inputs_length: int) -> int | None:
+    """Document tokens per segment for an inputs length, for the objectives that cut
+    documents by the inputs length (EOS included in it); None for the others."""
+    if objective in ("span_corruption", BYT5_OBJECTIVE):
+        mean = BYT5_MEAN_NOISE_SPAN_LENGTH if objective == BYT5_OBJECTIVE else 3.0
+        return preprocessors.random_spans_helper(inputs_length, 0.15, mean, 1, 1)[0]
+    if objective in ("iid_denoising", "prefix_lm"):  # split_tokens_to_inputs_length
+        return inputs_length - 1
+    return None  # full_lm cuts by targets; pegasus_gsg and ul2 check their own lengths
+
+
+def minimum_inputs_length(objective: str) -> int | None:
+    """The smallest inputs length at which `objective`'s segments hold a document token
+    (None where the inputs length does not set the segments).
+
+    Below it, t5 0.9.4 (and t5forge, which keeps its arithmetic) cuts documents into
+    segments of 0 tokens: TensorFlow tries to allocate many GiB, then fails with "Paddings
+    must be non-negative". Lengths from there up are t5's, kept as they are even where
+    seqio's trimming then cuts a sentinel off (span corruption at inputs 2 to 4).
+    """
+    if _segment_tokens(objective, 1) is None:
+        return None
+    length = 1
+    while _segment_tokens(objective, length) < 1:
+        length += 1
+    return length
+
+
+def check_inputs_length(dataset, sequence_length, *, task: str, objective: str, minimum: int):
+    """A pass-through step before the objective: refuses an inputs length below `minimum`
+    (`minimum_inputs_length`) when the dataset is built, before TensorFlow runs anything."""
+    if sequence_length is not None and sequence_length.get("inputs") is not None:
+        inputs_length = int(sequence_length["inputs"])
+        if inputs_length < minimum:
+            raise ValueError(
+                f"{task}: sequence length inputs={inputs_length} is too short for {objective} "
+                f"(its segments would hold no document tokens); inputs must be at least "
+                f"{minimum}"
+            )
+    return dataset
+
+
 def _output_features(vocabulary, objective: str) -> dict[str, seqio.Feature]:
     if objective == "full_lm":  # as t5's c4_v220_full_lm: targets only
         return {"targets": seqio.Feature(vocabulary=vocabulary, add_eos=True)}
@@ -281,13 +323,19 @@ def _output_features(vocabulary, objective: str) -> dict[str, seqio.Feature]:
     }
 
 
-def _preprocessors(objective_fn, objective: str) -> list:
+def _preprocessors(objective_fn, objective: str, task: str) -> list:
     steps = [
         functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
         seqio.preprocessors.tokenize,
         seqio.CacheDatasetPlaceholder(),
         objective_fn,
     ]
+    minimum = minimum_inputs_length(objective)
+    if minimum is not None:  # changes no example: it only refuses impossible lengths
+        check = functools.partial(
+            check_inputs_length, task=task, objective=objective, minimum=minimum
+        )
+        steps.insert(steps.index(objective_fn), check)
     if objective in TEXT_OBJECTIVES:  # sentences are found in the text, then encoded
         steps.remove(seqio.preprocessors.tokenize)
     if objective != "full_lm":  # t5's full_lm task ends with the objective (EOS is inside)
@@ -313,7 +361,7 @@ def _add_task(name, source, vocabulary, objective, objective_fn, replace) -> Non
         name,
         source=source,
         output_features=_output_features(vocabulary, objective),
-        preprocessors=_preprocessors(objective_fn, objective),
+        preprocessors=_preprocessors(objective_fn, objective, name),
         metric_fns=[],
     )
 
