@@ -240,6 +240,40 @@ def test_file_without_a_warc_record_is_counted_as_damaged(data):
     assert counts == {"corrupt:not_a_warc_file": 1}
 
 
+class _LongText(io.RawIOBase):
+    """`size` bytes of text lines, made as they are read; counts the bytes read."""
+
+    def __init__(self, size):
+        self.size = size
+        self.bytes_read = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        line = b"a line of some text file that is not a WET file\n"
+        wanted = min(len(buffer), self.size - self.bytes_read)
+        data = (line * (wanted // len(line) + 1))[:wanted]
+        buffer[: len(data)] = data
+        self.bytes_read += len(data)
+        return len(data)
+
+
+def test_a_large_file_without_a_warc_record_is_not_read_to_its_end(monkeypatch):
+    # A multi-gigabyte file of another kind would otherwise be read whole and held as one record.
+    monkeypatch.setattr(wet, "NOT_WARC_SCAN_BYTES", 1 << 20)
+    stream = _LongText(64 << 20)
+    counts = collections.Counter()
+    pages = list(wet.parse_wet_stream(stream, lambda n, a=1: counts.update({n: a})))
+    assert pages == []
+    assert counts == {"corrupt:not_a_warc_file": 1}
+    assert (1 << 20) < stream.bytes_read < (1 << 20) + 4 * wet._READ_SIZE
+    # A WET file whose first version line comes within the limit is read as before.
+    junk = b"x" * 1000 + b"\n"
+    pages, counts = read(junk * 1000 + b"".join(valid_file()))
+    assert [p.url for p in pages] == URLS
+
+
 def test_files_with_warc_records_are_not_called_not_warc():
     plain = b"".join(valid_file())
     # Uncompressed WET, and junk before the first record (judged as TFDS judges it: a page).

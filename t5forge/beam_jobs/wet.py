@@ -199,6 +199,11 @@ def _is_delimiter(line: bytes) -> bool:
 
 
 _VERSION_LINE = re.compile(r"WARC/\d+\.\d+")
+# How far into a stream a first WARC version line is looked for. Real WET files have one on
+# their first line (and every record within Common Crawl's 1 MiB content limit); past this, a
+# stream without one is not read on, so that a large file of another kind given by mistake
+# is not held in memory as one giant record.
+NOT_WARC_SCAN_BYTES = 64 << 20
 
 
 def _is_version_line(line: bytes) -> bool:
@@ -259,7 +264,8 @@ def parse_wet_stream(raw: BinaryIO, count: CounterFn = _ignore) -> Iterator[Page
         "filtered:no_url|no_content|no_timestamp" (TFDS's names) and
         "corrupt:bad_gzip_member|truncated_file|invalid_utf8|lost_record"; and
         "corrupt:not_a_warc_file" once for an intact stream without a single WARC version line
-        (empty, or not a WARC/WET file at all), which then yields nothing.
+        (empty, or not a WARC/WET file at all), which then yields nothing; such a stream is
+        read no further than `NOT_WARC_SCAN_BYTES` (past that it cannot be a WET file).
     """
     decoding_damaged = False
 
@@ -279,12 +285,19 @@ def parse_wet_stream(raw: BinaryIO, count: CounterFn = _ignore) -> Iterator[Page
     # Real WET files start with a "WARC/1.0" warcinfo record, so this is settled on their first
     # line; only a stream without one pays for the check on later lines.
     warc = False
+    scanned = 0  # bytes read before the first version line
     for line in _raw_lines(chunks):
         if line is _LOST:
             damaged = True
             continue
-        if not warc and _is_version_line(line):
-            warc = True
+        if not warc:
+            if _is_version_line(line):
+                warc = True
+            else:
+                scanned += len(line) + 1
+                if scanned > NOT_WARC_SCAN_BYTES and not damaged and not decoding_damaged:
+                    count("corrupt:not_a_warc_file")
+                    return
         if _DELIMITER_BYTES in line and _is_delimiter(line):
             # TFDS does not judge the (empty) page before a first delimiter.
             if not first or record:
