@@ -509,7 +509,7 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
         ),
         output_dir=output,
         overwrite=overwrite,
-        own_files=lambda name: name.startswith("c4-") or name in ("stats.json", "report.html"),
+        own_files=c4.is_output_file,
         beam_args=beam_args,
         workers=args.workers,
         describe={
@@ -530,7 +530,7 @@ def _run_build_c4(args, beam_args: list[str]) -> int:
     return _report_corpus(output, stats)
 
 
-def _load_mc4_badwords(args):
+def _load_mc4_badwords(args, languages):
     from t5forge.beam_jobs import badwords
 
     if args.no_badwords:
@@ -541,11 +541,18 @@ def _load_mc4_badwords(args):
                 f"--badwords {args.badwords}: expected a directory of per-language files"
             )
         return badwords.load_badwords(args.badwords), f"directory {args.badwords}"
+    # Only the lists of the languages asked for (a page is judged by its base language's list):
+    # a job over a few languages needs only their downloads, or their cached copies offline.
+    wanted = {code.split("-")[0] for code in languages}
+    lists = [lang for lang in badwords.LIST_LANGUAGES if lang.split("-")[0] in wanted]
     try:
-        words = badwords.fetch_badwords(badwords.default_cache_dir())
+        words = badwords.fetch_badwords(badwords.default_cache_dir(), languages=lists)
     except OSError as e:
         raise UsageError(str(e)) from e
-    return words, (f"LDNOOBW @{badwords.MULTILINGUAL_COMMIT[:8]} (en @{badwords.EN_COMMIT[:8]})")
+    source = f"LDNOOBW @{badwords.MULTILINGUAL_COMMIT[:8]} (en @{badwords.EN_COMMIT[:8]})"
+    if lists != badwords.LIST_LANGUAGES:
+        source += f": {', '.join(sorted({lang.split('-')[0] for lang in lists})) or 'no list'}"
+    return words, source
 
 
 def _run_build_mc4(args, beam_args: list[str]) -> int:
@@ -570,7 +577,7 @@ def _run_build_mc4(args, beam_args: list[str]) -> int:
         output_format=args.format,
         shard_bytes=args.shard_size_mb << 20,
     )
-    words, badwords_source = _load_mc4_badwords(args)
+    words, badwords_source = _load_mc4_badwords(args, languages)
     config.badwords = {k: sorted(v) for k, v in words.items()} if words else None
     print(
         f"build-mc4: {len(paths)} WET file(s) -> {args.output} ({len(languages)} languages "
@@ -739,6 +746,7 @@ def _run_export(args, extra: list[str]) -> int:
 
     _no_extra_args(extra)
     lengths = parse_sequence_length(args.sequence_length)
+    export.check_output(args.output, args.overwrite)  # before the slow task registration
     names = commands.register_tasks(args)
     if names:
         print(

@@ -1,5 +1,7 @@
 """The bad-words filter against TFDS's regexes, soft filtering, and list fetching."""
 
+import argparse
+
 import pytest
 from conftest import DEMO_WET
 
@@ -146,3 +148,27 @@ def test_fetch_all_pinned_lists(tmp_path, serve_directory):
         server.url + "{commit}/{lang}",
     )
     assert words == {"en": {"bad"}, "ja": {"エロ"}, "fr": {"merde", "tabarnak"}}
+
+
+def test_build_mc4_needs_only_the_lists_of_its_languages(tmp_path, monkeypatch):
+    # Offline with only the cached lists of the languages asked for: the job needs no others.
+    from t5forge import cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "t5forge" / "badwords" / badwords.MULTILINGUAL_COMMIT[:8]
+    cache.mkdir(parents=True)
+    for lang, word in (("de", "mist"), ("fr", "merde"), ("fr-CA-u-sd-caqc", "tabarnak")):
+        (cache / lang).write_text(word + "\n")
+    (cache / "ja").write_text("sm\nエロ\n")
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(badwords.urllib.request, "urlopen", offline)
+    args = argparse.Namespace(no_badwords=False, badwords=None)
+    words, source = cli._load_mc4_badwords(args, ("de", "fr", "ja-Latn", "sw"))
+    assert words == {"de": {"mist"}, "fr": {"merde", "tabarnak"}, "ja": {"エロ"}}
+    assert source.endswith(": de, fr, ja")
+    # A language whose list is not cached still needs the download, and says how to do without.
+    with pytest.raises(cli.UsageError, match="--no-badwords"):
+        cli._load_mc4_badwords(args, ("ar",))

@@ -361,3 +361,23 @@ def test_fast_langdetect_equals_langdetect():
 
     for text in texts:
         assert outcome(langid.detect_langs, text) == outcome(reference, text)
+
+
+def test_overwrite_replaces_an_mc4_corpus_too(tmp_path):
+    """build-c4 --overwrite over a build-mc4 corpus removes its language shards (tokenize and
+    train-spm would read them with the new ones), and keeps files that are not a corpus's."""
+    out, new = tmp_path / "out", tmp_path / "out" / ".new"
+    old = [
+        "stats.json",
+        "de/train/c4-de-train.00000-of-00001.json.gz",
+        "und/validation/c4-und-validation.tfrecord-00000-of-00001",
+    ]
+    for name in old + ["notes.txt", "de/notes.txt"]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("old")
+    new.mkdir()
+    for name in ["stats.json", "c4-train.00000-of-00001.json.gz"]:
+        (new / name).write_text("new")
+    job.finalize_output(str(new), str(out), c4.is_output_file)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["c4-train.00000-of-00001.json.gz", "de/notes.txt", "notes.txt", "stats.json"]

@@ -361,10 +361,15 @@ def test_output_that_is_a_file(tmp_path, monkeypatch, capsys):
 def test_only_unreadable_inputs_exit_2_and_write_nothing(tmp_path):
     (tmp_path / "emptydir").mkdir()
     (tmp_path / "list.txt").write_text(f"{tmp_path / 'no-such.warc.wet.gz'}\n")
-    for source in (["--input", "emptydir"], ["--input-list", "list.txt"]):
+    cases = [
+        # A directory is refused before the job runs, with a glob to use instead.
+        (["--input", "emptydir"], ("--input emptydir: a directory", "*.warc.wet.gz")),
+        (["--input-list", "list.txt"], ("no page could be read", "could not be opened: 1")),
+    ]
+    for source, messages in cases:
         args = ["build-c4", *source, "--output", "o", "--no-badwords", "--workers", "1"]
         result = run(args, tmp_path)
-        assert_usage_error(result, "no page could be read", "could not be opened: 1")
+        assert_usage_error(result, *messages)
         assert not (tmp_path / "o").exists()
 
 

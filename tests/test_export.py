@@ -142,6 +142,15 @@ def test_export_errors(corpus, tmp_path):
     )
     assert result.returncode == 2 and "--overwrite" in result.stderr
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+    # Checked before the tasks are registered (minutes on a large corpus): a missing corpus
+    # is never reached.
+    result = run(
+        tmp_path,
+        *("--corpus", str(tmp_path / "missing"), "--vocab", SPM, "--task", "corpus_full_lm"),
+        *("--sequence-length", "targets=128", "--examples", "2", "--output", "x"),
+    )
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert "missing" not in result.stderr
 
 
 def test_lengths_and_split_are_checked_against_the_task(corpus, tmp_path):

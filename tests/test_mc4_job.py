@@ -240,3 +240,19 @@ def test_impossible_mixing_settings_are_rejected_before_the_job(settings, flag):
         mc4.check_mixing_settings(*settings)
     mc4.check_mixing_settings(1 / 0.3, None, 1.0)
     mc4.check_mixing_settings(1.0, 1e6, 2.0)
+
+
+def test_overwrite_replaces_a_c4_corpus_too(tmp_path):
+    """build-mc4 --overwrite over a build-c4 corpus removes its top-level shards (tokenize
+    would read them with the new language shards), and keeps files that are not a corpus's."""
+    out, new = tmp_path / "out", tmp_path / "out" / ".new"
+    for name in ["stats.json", "report.html", "c4-train.tfrecord-00000-of-00001", "notes.txt"]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("old")
+    new.mkdir()
+    (new / "de" / "train").mkdir(parents=True)
+    (new / "de" / "train" / "c4-de-train.tfrecord-00000-of-00001").write_text("new")
+    (new / "stats.json").write_text("new")
+    job.finalize_output(str(new), str(out), mc4.is_output_file)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["de/train/c4-de-train.tfrecord-00000-of-00001", "notes.txt", "stats.json"]

@@ -250,6 +250,18 @@ def test_language_rates_dash_without_mixing_rates_and_zero_pages(tmp_path):
     assert "xx" in page
 
 
+def test_requested_languages_without_pages_are_named(tmp_path):
+    """build-mc4 --languages de,sw on input without Swahili: the summary says so."""
+    stats = copy.deepcopy(MC4_STATS)
+    stats["languages_requested"] = ["de", "sw", "zu"]
+    del stats["languages"]["sw"]
+    line = "no pages found for requested language(s): sw, zu"
+    assert line in format_table(stats)
+    assert line in _report(tmp_path, stats)
+    stats["languages_requested"] = "all"
+    assert "no pages found" not in format_table(stats)
+
+
 def test_write_report_language_figure_table_and_und_share(tmp_path):
     page = _report(tmp_path, MC4_STATS)
     _language_png(page)

@@ -21,6 +21,7 @@ from t5forge.vocabularies import (
     sentinel_id,
     shards,
     tokenize,
+    train,
 )
 
 
@@ -317,3 +318,16 @@ def test_raw_wet_file_is_refused_with_a_pointer_to_build_c4(tmp_path):
         "WARC/1.0 is the web archive format.",
         "WARC/1.1",
     ]
+
+
+def test_tokenized_directory_given_as_text_is_refused(corpus, tmp_path):
+    """tokenize (or train-spm) over tokenize's own output: one clear error, not "offsets.npy:1:
+    not UTF-8 text"."""
+    tokens = tmp_path / "tokens"
+    tokenize.tokenize_corpus("byte", [str(corpus)], str(tokens), workers=1, progress=False)
+    message = rf"^{re.escape(str(tokens))}: token ids written by t5forge tokenize, not text"
+    with pytest.raises(records.CorpusError, match=message):
+        tokenize.tokenize_corpus("byte", [str(tokens)], str(tmp_path / "again"), progress=False)
+    with pytest.raises(records.CorpusError, match=message):
+        train.plan_sources([str(tokens)], 100, 3.0)
+    assert not (tmp_path / "again").exists()

@@ -208,6 +208,13 @@ def test_path_listing(tmp_path):
         wet.read_path_listing(str(tmp_path / "nope.gz"))
 
 
+def test_expand_inputs_refuses_a_directory(tmp_path):
+    """--input mc4/ (a corpus, or a folder of WET files) fails at once, naming a glob; it used
+    to run the whole job and end with "input files that could not be opened: 1"."""
+    with pytest.raises(IsADirectoryError, match=r"--input .*: a directory; .*\*\.warc\.wet\.gz"):
+        wet.expand_inputs([str(tmp_path)])
+
+
 def test_http_download_and_read(tmp_path, serve_directory):
     """WET files and listings given as URLs are downloaded (here from a local server)."""
     (tmp_path / "srv").mkdir()

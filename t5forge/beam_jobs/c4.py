@@ -180,6 +180,21 @@ def split_of(normalized_url: str) -> str:
     return "validation" if value % 1000 == 0 else "train"
 
 
+def is_output_file(relative_path: str) -> bool:
+    """Files a C4 job owns in its output directory (replaced by --overwrite).
+
+    Its own `c4-*` shards, stats.json and report.html, and also a build-mc4 corpus's
+    `<language>/<split>/c4-<language>-<split>*` shards: --overwrite replaces a corpus of
+    either kind, so no old shard is left for train-spm or tokenize to read with the new ones.
+    """
+    parts = relative_path.split("/")
+    if len(parts) == 1:
+        return relative_path.startswith("c4-") or relative_path in ("stats.json", "report.html")
+    return (
+        len(parts) == 3 and parts[1] in SPLITS and parts[2].startswith(f"c4-{parts[0]}-{parts[1]}")
+    )
+
+
 # Longer path lists are read from a staged file rather than embedded in the job
 # graph (a Common Crawl dump lists ~60k WET files; Dataflow caps a job graph at 10 MB).
 MAX_EMBEDDED_PATHS = 1000

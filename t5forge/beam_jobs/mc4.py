@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 import apache_beam as beam
 
 from t5forge import mixing
-from t5forge.beam_jobs import cleaning
+from t5forge.beam_jobs import c4, cleaning
 from t5forge.beam_jobs.badwords import BadwordsFilter
 from t5forge.beam_jobs.c4 import (
     DEFAULT_SHARD_BYTES,
@@ -167,9 +167,13 @@ def build_mc4(
 
 
 def is_output_file(relative_path: str) -> bool:
-    """Files an mC4 job owns in its output directory (replaced by --overwrite)."""
+    """Files an mC4 job owns in its output directory (replaced by --overwrite).
+
+    Also a build-c4 corpus's top-level `c4-*` shards (`c4.is_output_file`): --overwrite
+    replaces a corpus of either kind.
+    """
     first = relative_path.split("/")[0]
-    return relative_path in ("stats.json", "report.html") or (
+    return c4.is_output_file(relative_path) or (
         "/" in relative_path and (first in MC4_LANGUAGES or first == UNKNOWN_LANGUAGE)
     )
 

@@ -136,6 +136,11 @@ def _run_lines(stats: dict) -> list[str]:
     lines = []
     if stats.get("und_share") is not None:
         lines.append(f"und share: {_und_share(stats)} of written pages")
+    requested = stats.get("languages_requested")
+    if isinstance(requested, list) and isinstance(stats.get("languages"), dict):
+        missing = [code for code in requested if code not in stats["languages"]]
+        if missing:  # a language absent from the input, or a wrong (valid) code
+            lines.append(f"no pages found for requested language(s): {', '.join(missing)}")
     if stats.get("seconds") is not None:
         lines.append(f"run time: {stats['seconds']:.1f} s")
     if stats.get("input_mb_per_second") is not None:

@@ -480,6 +480,11 @@ def expand_inputs(patterns: Iterable[str]) -> list[str]:
         if pattern.startswith(("http://", "https://")):
             paths.append(pattern)
             continue
+        if "://" not in pattern and os.path.isdir(pattern):  # e.g. a corpus, or a WET folder
+            raise IsADirectoryError(
+                f"--input {pattern}: a directory; give WET files or a glob such as "
+                f"'{os.path.join(pattern, '*.warc.wet.gz')}'"
+            )
         matched = FileSystems.match([pattern])[0].metadata_list
         if not matched:
             raise FileNotFoundError(f"--input {pattern}: no such file")

@@ -96,6 +96,16 @@ def converted_arrays(task: str, sequence_length: dict[str, int], examples: int, 
     return {name: np.stack(values).astype(np.int32) for name, values in rows.items()}
 
 
+def check_output(output: str, overwrite: bool = False) -> str:
+    """The .npz path `output` names (".npz" added if missing); FileExistsError when it
+    exists and `overwrite` is not set. Cheap: the CLI calls it before registering tasks."""
+    if not output.endswith(".npz"):
+        output += ".npz"
+    if os.path.exists(output) and not overwrite:
+        raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it")
+    return output
+
+
 def export_task(
     task: str,
     output: str,
@@ -114,10 +124,7 @@ def export_task(
 
     if examples <= 0:
         raise ValueError(f"--examples must be positive, got {examples}")
-    if not output.endswith(".npz"):
-        output += ".npz"
-    if os.path.exists(output) and not overwrite:
-        raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it")
+    output = check_output(output, overwrite)
     arrays = converted_arrays(
         task,
         sequence_length,

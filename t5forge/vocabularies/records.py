@@ -116,6 +116,13 @@ def example_bytes_feature(example: bytes, name: str) -> bytes | None:
 def corpus_files(path: str) -> list[str]:
     """The corpus files named by `path` (a file, or every corpus file under a directory)."""
     if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "manifest.json")) and any(
+            name.endswith(".tokens.npy") for name in os.listdir(path)
+        ):
+            raise CorpusError(
+                f"{path}: token ids written by t5forge tokenize, not text; give the corpus "
+                "it was made from (or turn it back into text with tokenize --decode)"
+            )
         found = []
         for root, dirs, names in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
