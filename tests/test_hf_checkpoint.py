@@ -669,6 +669,13 @@ def test_no_weights_or_config(tmp_path):
     assert hf.load_hf_checkpoint(str(tmp_path / "model.safetensors"), config=config)[0] == config
 
 
+def test_config_json_given_for_the_checkpoint_names_the_directory():
+    """import-hf DIR/config.json (or --init-from it) said 'not a checkpoint index
+    (KeyError: 'weight_map')'; it now says to give the directory."""
+    with pytest.raises(CheckpointError, match="the architecture, not the weights; give the"):
+        hf.load_hf_checkpoint(fixture("t5_1_0/config.json"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Download (against a local server laid out like the hub: /<repo>/resolve/<revision>/<file>)
 

@@ -689,6 +689,29 @@ def test_mixed_dot_multiplies_bf16_and_accumulates_fp32_in_both_passes():
         assert operands == ("bfloat16", "bfloat16") and str(eqn.outvars[0].aval.dtype) == "float32"
 
 
+def test_tied_classifier_gradient_runs_compiled_with_bf16_operands():
+    """The tied head multiplies by embedding.T: its compiled gradient failed on XLA:CPU
+    ("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32"), so a T5 1.0 model
+    could not train on CPU in its default bf16 dtype."""
+    from t5forge.model.layers import mixed_dot
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 48)), jnp.float32)
+    embedding = jnp.asarray(rng.normal(size=(40, 48)) * 0.1, jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(3, 5, 40)), jnp.float32)
+
+    def f(x, embedding):
+        logits = mixed_dot(x, embedding.T, jnp.bfloat16, jnp.float32)
+        return jnp.sum(logits * cotangent)
+
+    grad_x, grad_embedding = jax.jit(jax.grad(f, argnums=(0, 1)))(x, embedding)
+    x64 = np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+    g64 = np.asarray(cotangent.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+    want = np.einsum("bld,blv->vd", x64, g64)
+    np.testing.assert_allclose(np.asarray(grad_embedding), want, rtol=1e-5, atol=1e-5)
+    assert grad_x.shape == x.shape
+
+
 def _all_eqns(eqn):
     """eqn and the equations of every jaxpr nested in its parameters."""
     yield eqn

@@ -466,9 +466,13 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     big_rows = np.full((16, 8), 1099, np.int32)
     np.savez(big, decoder_loss_weights=rows, **{name: big_rows for name in features})
     tiny_500 = ["--model", "t5.1.1-tiny", "--override", "vocab_size=500"]
+    corpus = tmp_path / "mc4"  # a corpus directory given for the export made from it
+    corpus.mkdir()
     cases = [
         (tmp_path / "missing.npz", [], "missing.npz"),
         (text, [], "not a .npz file"),
+        (corpus, [], f"--data {corpus}: a directory, not a .npz file"),
+        (good, ["--eval-data", str(corpus)], f"--eval-data {corpus}: a directory"),
         (empty, [], f"--data {empty}: holds no examples"),
         (big, tiny_500, f"--data {big}: holds token id 1099, but the model's vocab_size is 500"),
         (good, [*tiny_500, "--eval-data", str(big)], f"--eval-data {big}: holds token id 1099"),
@@ -751,6 +755,87 @@ def test_import_hf_prints_a_train_command_that_continues_the_checkpoint(tmp_path
     # A model that does not match the checkpoint is refused with the flags that would.
     assert cli(["train", "--init-from", fixture, "--model", "t5.1.1-tiny"] + run[:-2]) == 2
     assert "--model t5-efficient-tiny" in capsys.readouterr().err
+
+
+def test_import_hf_flags_for_a_relu_model_nearest_to_a_gated_name():
+    """A tiny relu T5 1.0 checkpoint is nearest to t5.1.1-tiny in field count, but GEGLU has
+    no --override form: the printed flags must come from a relu name instead of failing."""
+    from t5forge.model.commands import ARCHITECTURE_FIELDS, model_flags, parse_overrides
+    from t5forge.model.config import get_config
+
+    config = get_config(
+        "t5.1.1-tiny", activations=("relu",), tie_embeddings=True, vocab_size=2100,
+        d_model=64, d_kv=16, num_heads=4, d_ff=128,
+        num_encoder_layers=2, num_decoder_layers=2,
+    )  # fmt: skip
+    flags = model_flags(config).split()
+    name = flags[1]
+    rebuilt = get_config(name, **parse_overrides(flags[3::2]))
+    for field in ARCHITECTURE_FIELDS:
+        assert getattr(rebuilt, field) == getattr(config, field), field
+
+
+class _StopBeforeTrainingError(Exception):
+    pass
+
+
+def test_init_from_with_resume_and_no_checkpoint_starts_from_the_checkpoint(tmp_path, monkeypatch):
+    """Jobs that always pass --resume start without a checkpoint: --init-from must apply then
+    (it was ignored, training silently from random); with a checkpoint, the checkpoint wins."""
+    from t5forge.model import trainer
+
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "hf_t5", "t5_1_0")
+    seen = []
+
+    def fake_train(config, train_batches, eval_batches, *, init_params=None, notice=None):
+        seen.append(init_params)
+        raise _StopBeforeTrainingError
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    data = tmp_path / "small.npz"
+    tokens = np.random.default_rng(0).integers(2, 200, (8, 8)).astype(np.int32)
+    np.savez(
+        data,
+        encoder_input_tokens=tokens,
+        decoder_target_tokens=tokens,
+        decoder_input_tokens=tokens,
+        decoder_loss_weights=np.ones_like(tokens),
+    )
+    out = tmp_path / "run"
+    args = [
+        "train", "--init-from", fixture, "--model", "t5-efficient-tiny",
+        "--override", "vocab_size=200", "--override", "d_model=32", "--override", "d_kv=8",
+        "--override", "d_ff=64", "--override", "num_encoder_layers=2",
+        "--override", "num_decoder_layers=2", "--override", "relpos_buckets=16",
+        "--override", "relpos_max_distance=32", "--override", "num_heads=4",
+        "--data", str(data), "--steps", "1", "--batch-size", "4",
+        "--output", str(out), "--resume",
+    ]  # fmt: skip
+    with pytest.raises(_StopBeforeTrainingError):
+        cli(args)
+    assert seen[-1] is not None
+    (out / "checkpoints" / "5").mkdir(parents=True)
+    with pytest.raises(_StopBeforeTrainingError):
+        cli(args)
+    assert seen[-1] is None
+
+
+def test_export_hf_refuses_to_overwrite_the_run_itself(tmp_path, capsys, monkeypatch):
+    """--output RUN_DIR (or a directory holding it) with --overwrite deleted the whole run."""
+    from t5forge.model import hf_checkpoint, trainer
+
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "hf_t5", "t5_1_0")
+    loaded = hf_checkpoint.load_hf_checkpoint(fixture)
+    monkeypatch.setattr(trainer, "load_run_params", lambda directory: loaded)
+    run = tmp_path / "runs" / "a"
+    (run / "checkpoints" / "10").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    for output in (run, tmp_path / "runs", tmp_path):
+        assert cli(["export-hf", str(run), "--output", str(output), "--overwrite"]) == 2
+        assert "is or contains the run" in capsys.readouterr().err
+        assert sorted(os.listdir(run)) == ["checkpoints", "run.json"]
+    assert cli(["export-hf", str(run), "--output", str(run / "hf")]) == 0
+    assert sorted(os.listdir(run / "hf")) == ["config.json", "model.safetensors"]
 
 
 @pytest.mark.usefixtures("span_arrays")  # registers the trainer_test_* tasks

@@ -386,7 +386,9 @@ def run_train(args, extra: list[str]) -> int:
         args, jax.process_index(), jax.process_count(), vocab_size=model_config.vocab_size
     )
     init_params = None
-    if args.init_from and not args.resume:
+    # --resume continues from a checkpoint when there is one; the first launch of a job that
+    # always passes --resume has none, and must start from --init-from, not from random.
+    if args.init_from and not (args.resume and has_checkpoint(args.output)):
         from t5forge.model.hf_checkpoint import load_hf_checkpoint
 
         hf_config, init_params = load_hf_checkpoint(args.init_from)
@@ -582,7 +584,13 @@ def model_flags(config) -> str:
     def differences(named):
         return [f for f in ARCHITECTURE_FIELDS if getattr(named, f) != getattr(config, f)]
 
-    best = min(NAMED_CONFIGS.values(), key=lambda named: len(differences(named)))
+    def cost(named):
+        # A tuple field (activations, per-layer widths) has no --override form, so the nearest
+        # name that needs none of them wins over one that is nearer in field count.
+        fields = differences(named)
+        return (any(isinstance(getattr(config, f), tuple) for f in fields), len(fields))
+
+    best = min(NAMED_CONFIGS.values(), key=cost)
     flags = [f"--model {best.name}"]
     for field in differences(best):
         value = getattr(config, field)
@@ -598,6 +606,13 @@ def run_export_hf(args, extra: list[str]) -> int:
     from t5forge.model.hf_checkpoint import save_hf_checkpoint
     from t5forge.model.trainer import load_run_params
 
+    output, run = os.path.realpath(args.output), os.path.realpath(args.run)
+    if os.path.commonpath([output, run]) == output:
+        # --overwrite replaces --output as a whole: here that would delete the run itself.
+        raise ValueError(
+            f"--output {args.output} is or contains the run {args.run}; export to another "
+            "directory (one inside the run, such as RUN_DIR/hf, is fine)"
+        )
     config, params = load_run_params(args.run)
     save_hf_checkpoint(params, config, args.output, dtype=args.dtype, overwrite=args.overwrite)
     print(f"wrote {args.output} ({config.name})")

@@ -43,6 +43,10 @@ def load_exported(path: str, flag: str = "--data") -> dict[str, np.ndarray]:
     """The int32 features of an exported .npz, checked (DataError names `flag` and the file)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{flag} {path}: no such file")
+    if os.path.isdir(path):
+        raise DataError(
+            f"{flag} {path}: a directory, not a .npz file (make one with t5forge export)"
+        )
     empty = f"{flag} {path}: holds no examples (an export of an empty split?); export again"
     with open(path, "rb") as f:
         magic = f.read(4)

@@ -632,6 +632,11 @@ def find_weight_files(path: str) -> WeightFiles:
         path = os.path.join(path, found[0])
     elif os.path.isfile(path):
         directory = os.path.dirname(path) or "."
+        if os.path.basename(path) == CONFIG_NAME:
+            raise CheckpointError(
+                f"{path}: the architecture, not the weights; give the checkpoint directory "
+                f"{directory}"
+            )
     else:
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
     if not path.endswith(".json"):

@@ -101,9 +101,12 @@ def _mixed_dot_bwd(dtypes, residuals, grad):
     x_c, kernel_c = residuals
     grad_c = grad.astype(compute)
     grad_x = jnp.dot(grad_c, kernel_c.T, preferred_element_type=out)
-    batch_axes = tuple(range(x_c.ndim - 1))
-    grad_kernel = jnp.tensordot(
-        x_c, grad_c, axes=(batch_axes, batch_axes), preferred_element_type=out
+    # One 2-D matmul over the flattened rows: XLA:CPU has no bf16 x bf16 -> f32 kernel for the
+    # transposed layout that a multi-axis contraction gets when the kernel is a transposed
+    # view (the tied classifier's embedding.T), and fails at run time.
+    rows_x, rows_grad = x_c.reshape(-1, x_c.shape[-1]), grad_c.reshape(-1, grad_c.shape[-1])
+    grad_kernel = jax.lax.dot_general(
+        rows_x, rows_grad, (((0,), (0,)), ((), ())), preferred_element_type=out
     )
     return grad_x.astype(x_dtype), grad_kernel.astype(kernel_dtype)
 
