@@ -210,6 +210,13 @@ def test_mc4_sampling_uses_quotas_and_skips_und_and_validation(mc4_dir, debian_l
         start += by_lang[lang].sampled
 
 
+def test_one_language_of_an_mc4_directory_reads_its_train_shards_only(mc4_dir, debian_lines):
+    sentences, sources = sample_corpus([os.path.join(mc4_dir, "de")], 10**9)
+    assert VALIDATION_MARKER not in sentences
+    assert [s.name for s in sources] == [""]  # one pool, like a single directory
+    assert set(sentences) == {x.strip() for x in debian_lines["de"]}
+
+
 def test_mc4_training_records_languages_and_byte_fallback(tmp_path, mc4_dir, debian_lines):
     prefix = str(tmp_path / "mc4")
     settings = train_sentencepiece(

@@ -123,10 +123,22 @@ def _c4_train_files(directory: str) -> list[str]:
     return files
 
 
+def _mc4_language_train_files(directory: str) -> list[str] | None:
+    """The train shards of one language directory of a build-mc4 output (`mc4/de`), or None
+    when `directory` is not one. Validation is left out, as for a whole build-c4 directory."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    stats = read_stats(parent)
+    if stats is None or "languages" not in stats:
+        return None
+    train_dir = os.path.join(directory, "train")
+    return corpus_files(train_dir) if os.path.isdir(train_dir) else None
+
+
 def plan_sources(inputs: list[str], sample_sentences: int, temperature: float) -> list[Source]:
     """What to read and how many sentences to keep from each part.
 
-    Files, plain directories and build-c4 directories form a single pool.
+    Files, plain directories, build-c4 directories and one language of a build-mc4 directory
+    (`mc4/de`: its train shards) form a single pool.
     build-mc4 directories (stats.json with "languages") are split by language
     with temperature quotas; several of them are merged language by language.
     Mixing the two kinds is refused: there is no rule for weighting them.
@@ -139,7 +151,8 @@ def plan_sources(inputs: list[str], sample_sentences: int, temperature: float) -
             raise FileNotFoundError(f"{path}: no such file or directory")
         stats = read_stats(path) if os.path.isdir(path) else None
         if stats is None:
-            pool.extend(corpus_files(path))
+            language_train = _mc4_language_train_files(path) if os.path.isdir(path) else None
+            pool.extend(language_train if language_train is not None else corpus_files(path))
         elif "languages" not in stats:
             pool.extend(_c4_train_files(path))
         else:
