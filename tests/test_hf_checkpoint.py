@@ -676,6 +676,16 @@ def test_config_json_given_for_the_checkpoint_names_the_directory():
         hf.load_hf_checkpoint(fixture("t5_1_0/config.json"))
 
 
+def test_a_training_run_given_as_a_checkpoint_says_how_to_use_it(tmp_path):
+    """--init-from RUN_DIR (a t5forge run, not an HF checkpoint) said only 'no weights found'."""
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="a t5forge training run.*--resume.*export-hf"):
+        hf.load_hf_checkpoint(str(tmp_path))
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(CheckpointError, match="no weights found"):
+        hf.load_hf_checkpoint(str(tmp_path))
+
+
 # ---------------------------------------------------------------------------------------------
 # Download (against a local server laid out like the hub: /<repo>/resolve/<revision>/<file>)
 

@@ -625,6 +625,12 @@ def find_weight_files(path: str) -> WeightFiles:
     if os.path.isdir(path):
         directory = path
         found = [n for n in WEIGHT_NAMES if os.path.isfile(os.path.join(path, n))]
+        if not found and os.path.isfile(os.path.join(path, "run.json")):
+            raise CheckpointError(
+                f"{path}: a t5forge training run, not a Hugging Face checkpoint; continue it "
+                f"with `t5forge train --resume --output {path}`, or convert it first with "
+                f"`t5forge export-hf {path} --output DIR`"
+            )
         if not found:
             raise CheckpointError(
                 f"{path}: no weights found (looked for {', '.join(WEIGHT_NAMES)})"
