@@ -17,6 +17,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from t5forge import mixing
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (128 + 2)
 # Commands that remove everything they created when interrupted (see beam_jobs.job.run_job).
@@ -269,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", metavar="SPEC", help="vocabulary for --corpus tasks")
     p.add_argument(
         "--prefix", default="corpus", help="task name prefix for --corpus (default corpus)"
+    )
+    p.add_argument(
+        "--mixing",
+        default="temperature",
+        choices=mixing.METHODS,
+        help="a build-mc4 --corpus's mixture rates, from its stats.json: mT5's temperature "
+        "(default) or UniMax",
     )
     p.add_argument(
         "--module",

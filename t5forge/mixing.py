@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 MT5_TEMPERATURE = 1 / 0.3
+METHODS = ("temperature", "unimax")  # the rates build-mc4 writes to stats.json
 
 
 def _normalise(weights: Mapping[str, float]) -> dict[str, float]:

@@ -318,6 +318,21 @@ def test_mc4_tasks_and_mixtures(mc4_dir):
         pipelines.register_corpus_tasks("pl_mc4", mc4_dir, SPM, mixing_method="uniform")
 
 
+@pytest.mark.parametrize("command", ["export", "train"])
+@pytest.mark.parametrize("method", ["temperature", "unimax"])
+def test_cli_mixing_flag_chooses_the_stats_rates(mc4_dir, command, method):
+    from t5forge.cli import build_parser
+    from t5forge.model.commands import register_tasks
+
+    flags = ["--task", "x", "--corpus", mc4_dir, "--vocab", SPM, "--prefix", f"pl_{command}"]
+    flags += ["--mixing", method] if method != "temperature" else []  # the default
+    flags += ["--output", "o", *(["--examples", "1"] if command == "export" else ["--steps", "1"])]
+    register_tasks(build_parser().parse_args([command, *flags]))
+    mixture = seqio.get_mixture_or_task(f"pl_{command}_span_corruption")
+    rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+    assert rates[f"pl_{command}_fr_span_corruption"] == {"temperature": 0.3, "unimax": 0.35}[method]
+
+
 def test_mc4_language_validation_reads_its_files(mc4_dir):
     source = pipelines.corpus_source(os.path.join(mc4_dir, "fr"))
     texts = [

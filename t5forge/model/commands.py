@@ -12,6 +12,8 @@ import os
 import shutil
 import sys
 
+from t5forge import mixing
+
 EXIT_DIVERGED = 3
 HF_DOWNLOAD_ROOT = "hf-checkpoints"  # import-hf's default download location, under the cwd
 
@@ -122,6 +124,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     data.add_argument("--corpus", metavar="DIR", help="register t5forge's tasks over DIR first")
     data.add_argument("--vocab", metavar="SPEC", help="vocabulary for --corpus tasks")
     data.add_argument("--prefix", default="corpus", help="task prefix for --corpus")
+    data.add_argument(
+        "--mixing",
+        default="temperature",
+        choices=mixing.METHODS,
+        help="a build-mc4 --corpus's mixture rates, from its stats.json (default temperature)",
+    )
     data.add_argument("--module", action="append", default=[], help="import MODULE first")
     data.add_argument("--split", default="train")
     data.add_argument("--sequence-length", default="inputs=512,targets=114", metavar="LENGTHS")
@@ -244,7 +252,7 @@ def register_tasks(args) -> list[str]:
         raise ValueError("--corpus needs --vocab SPEC")
     from t5forge.pipelines import register_corpus_tasks
 
-    return register_corpus_tasks(args.prefix, args.corpus, args.vocab)
+    return register_corpus_tasks(args.prefix, args.corpus, args.vocab, mixing_method=args.mixing)
 
 
 def build_data(args, process_index: int = 0, process_count: int = 1, vocab_size: int | None = None):

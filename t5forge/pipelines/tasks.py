@@ -46,7 +46,7 @@ TEXT_OBJECTIVES = ("pegasus_gsg",)
 BYT5_OBJECTIVE = "byt5_span_corruption"
 BYT5_MEAN_NOISE_SPAN_LENGTH = 20.0
 UNKNOWN_LANGUAGE = "und"
-MIXING_METHODS = ("temperature", "unimax")
+MIXING_METHODS = mixing.METHODS
 
 # `<stem>-<split>.tfrecord-00000-of-00004` or `<stem>-<split>.00000-of-00004.json.gz`
 # (also `.jsonl`, `.jsonl.gz`, and names without the shard suffix).
