@@ -198,7 +198,7 @@ def _is_delimiter(line: bytes) -> bool:
         return False
 
 
-_VERSION_LINE = re.compile(r"WARC/\d+\.\d+")
+_VERSION_LINE = re.compile(rb"WARC/\d+\.\d+")
 # How far into a stream a first WARC version line is looked for. Real WET files have one on
 # their first line (and every record within Common Crawl's 1 MiB content limit); past this, a
 # stream without one is not read on, so that a large file of another kind given by mistake
@@ -208,12 +208,7 @@ NOT_WARC_SCAN_BYTES = 64 << 20
 
 def _is_version_line(line: bytes) -> bool:
     """Whether `line` is a WARC record's version line ("WARC/1.0", "WARC/1.1", ...)."""
-    if b"WARC/" not in line:
-        return False
-    try:
-        return _VERSION_LINE.fullmatch(line.decode("utf-8").strip()) is not None
-    except UnicodeDecodeError:
-        return False
+    return b"WARC/" in line and _VERSION_LINE.fullmatch(line.strip()) is not None
 
 
 def _parse_record(lines: list[bytes], count: CounterFn) -> Page | None:
