@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from t5forge.paths import missing_dirs, remove_empty_dirs
+
 STATS_FILE = "stats.json"
 _TMP_PREFIX = ".t5forge-tmp-"
 
@@ -70,31 +72,6 @@ def check_output(output_dir: str, overwrite: bool) -> None:
         raise OutputExistsError(
             f"--output {output_dir} already holds files; pass --overwrite to replace them"
         )
-
-
-def missing_local_dirs(output_dir: str) -> list[str]:
-    """The local directories that creating `output_dir` would create, deepest first.
-
-    A failed or interrupted job removes exactly these (when still empty), so it leaves the
-    file system as it found it. Remote paths (gs://, s3://...) have no directories to create.
-    """
-    if "://" in output_dir:
-        return []
-    missing = []
-    directory = os.path.abspath(output_dir)
-    while not os.path.lexists(directory) and directory != os.path.dirname(directory):
-        missing.append(directory)
-        directory = os.path.dirname(directory)
-    return missing
-
-
-def remove_empty_dirs(directories: list[str]) -> None:
-    """Removes each directory (deepest first) if it exists and is empty; best effort."""
-    for directory in directories:
-        try:
-            os.rmdir(directory)
-        except OSError:  # not empty (someone else wrote there) or already gone: keep it
-            pass
 
 
 def prepare_output(output_dir: str, overwrite: bool, own_files: Callable[[str], bool]) -> str:
@@ -270,7 +247,7 @@ def run_job(
       describe: job settings recorded in stats.json.
     """
     options = pipeline_options(beam_args, workers)
-    created_dirs = missing_local_dirs(output_dir)
+    created_dirs = missing_dirs(output_dir)
     tmp_dir = None
     try:
         tmp_dir = prepare_output(output_dir, overwrite, own_files)

@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 
 from t5forge.model.config import T5Config
+from t5forge.paths import missing_dirs, remove_empty_dirs
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -1248,39 +1249,15 @@ def _replace_directory(source: str, target: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _make_parents(directory: str) -> list[str]:
-    """Creates `directory` and its missing ancestors; returns those it created, outermost
-    first, so that a failure can remove exactly them (`_remove_created`)."""
-    missing = []
-    path = os.path.abspath(directory)
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    os.makedirs(directory, exist_ok=True)
-    return missing[::-1]
-
-
-def _remove_created(created: list[str]) -> None:
-    """Removes the directories `_make_parents` created, innermost first, where still empty
-    (another process may have put something there meanwhile)."""
-    for path in reversed(created):
-        try:
-            os.rmdir(path)
-        except OSError:
-            break
-
-
 def _temporary_sibling(directory: str) -> tuple[str, list[str]]:
     """(a new temporary directory beside `directory`, the parents made for it)."""
     parent = os.path.dirname(directory)
-    created = _make_parents(parent)
+    created = missing_dirs(parent)
+    os.makedirs(parent, exist_ok=True)
     try:
         sibling = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
     except BaseException:
-        _remove_created(created)
+        remove_empty_dirs(created)
         raise
     os.chmod(sibling, 0o755)  # mkdtemp makes it private; the checkpoint it becomes is not
     return sibling, created
@@ -1343,7 +1320,7 @@ def save_hf_checkpoint(
         _replace_directory(temporary, directory)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
-        _remove_created(created)  # a failed write leaves no empty parent directories either
+        remove_empty_dirs(created)  # a failed write leaves no empty parent directories either
         raise
     return directory
 
@@ -1475,6 +1452,6 @@ def download_hf_checkpoint(
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         # e.g. ./hf-checkpoints/ made for a download that failed (offline, no such repo)
-        _remove_created(created)
+        remove_empty_dirs(created)
         raise
     return directory

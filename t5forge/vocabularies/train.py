@@ -35,6 +35,7 @@ from sentencepiece import sentencepiece_model_pb2
 from tqdm import tqdm
 
 from t5forge import __version__, mixing
+from t5forge.paths import missing_dirs, remove_empty_dirs
 from t5forge.vocabularies.records import CorpusError, corpus_files, iter_documents
 
 MODEL_TYPES = ("unigram", "bpe")
@@ -335,27 +336,6 @@ def _publish(sources: list[str], targets: list[str], overwrite: bool) -> None:
         raise
 
 
-def _missing_dirs(directory: str) -> list[str]:
-    """`directory` and its missing ancestors, deepest first (what makedirs would create)."""
-    missing = []
-    while directory and not os.path.isdir(directory):
-        missing.append(directory)
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-    return missing
-
-
-def _remove_empty_dirs(directories: list[str]) -> None:
-    """Removes directories this run created (deepest first), stopping at one not empty."""
-    for directory in directories:
-        try:
-            os.rmdir(directory)
-        except OSError:
-            return
-
-
 def _source_report(sources: list[Source]) -> dict | None:
     """Per-language quota and counts for the settings (None for a single pool)."""
     if len(sources) == 1 and not sources[0].name:
@@ -438,7 +418,7 @@ def train_sentencepiece(
     trainer_args = trainer_arguments(vocab_size, model_type, character_coverage, byte_fallback)
 
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
-    created = _missing_dirs(out_dir)
+    created = missing_dirs(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     name = os.path.basename(output_prefix)
     try:
@@ -477,6 +457,6 @@ def train_sentencepiece(
             finished = [prefix + suffix for suffix in SUFFIXES]
             _publish(finished[::-1], targets[::-1], overwrite)
     except BaseException:
-        _remove_empty_dirs(created)
+        remove_empty_dirs(created)
         raise
     return settings
