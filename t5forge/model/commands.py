@@ -379,7 +379,7 @@ def run_train(args, extra: list[str]) -> int:
     _initialize_distributed(args)
     import jax
 
-    from t5forge.model.trainer import TrainingDivergedError, train
+    from t5forge.model.trainer import TrainingDivergedError, latest_checkpoint_step, train
 
     # XLA's runtime errors (out of memory among them); XlaRuntimeError in older jax.
     runtime_error = getattr(jax.errors, "JaxRuntimeError", None) or getattr(
@@ -396,7 +396,7 @@ def run_train(args, extra: list[str]) -> int:
     init_params = None
     # --resume continues from a checkpoint when there is one; the first launch of a job that
     # always passes --resume has none, and must start from --init-from, not from random.
-    if args.init_from and not (args.resume and has_checkpoint(args.output)):
+    if args.init_from and not (args.resume and latest_checkpoint_step(args.output) is not None):
         from t5forge.model.hf_checkpoint import load_hf_checkpoint
 
         hf_config, init_params = load_hf_checkpoint(args.init_from)
@@ -427,7 +427,7 @@ def run_train(args, extra: list[str]) -> int:
         # directory this run made, so that the retry with a smaller batch starts clean. A
         # directory that was there before (--resume, or the user's own) is never touched.
         removed = ""
-        if not output_existed and not has_checkpoint(args.output):
+        if not output_existed and latest_checkpoint_step(args.output) is None:
             shutil.rmtree(args.output, ignore_errors=True)
             removed = f"; removed {args.output}"
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -449,13 +449,6 @@ def run_train(args, extra: list[str]) -> int:
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether a JAX runtime error is XLA running out of device (or host) memory."""
     return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
-
-
-def has_checkpoint(output: str) -> bool:
-    """Whether a run directory holds a finished orbax checkpoint (a step-numbered directory;
-    an interrupted save is a temporary name, not a step number)."""
-    directory = os.path.join(output, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 def _print_summary(summary: dict) -> None:

@@ -495,6 +495,18 @@ class _StepProfiler:
             self.active = False
 
 
+def latest_checkpoint_step(output: str) -> int | None:
+    """The newest checkpoint step of the run directory `output`, as `train` (and --resume)
+    sees it; None when it has none. Creates nothing."""
+    if not os.path.isdir(os.path.join(output, "checkpoints")):
+        return None
+    checkpoints = Checkpoints(output, keep=1_000_000)
+    try:
+        return checkpoints.latest_step()
+    finally:
+        checkpoints.close()
+
+
 def _check_output(config: TrainConfig, checkpoints_exist: bool) -> None:
     if checkpoints_exist and not config.resume:
         raise FileExistsError(
